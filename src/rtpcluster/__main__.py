@@ -1,0 +1,3 @@
+from rtpcluster.cli.app import main
+
+main()

@@ -1,0 +1,91 @@
+"""What the admin plane may ask of the running service, and what it gets back.
+
+The service implements :class:`ServiceControl`; the admin command registry only ever
+talks to this protocol, so admin code never reaches into cluster internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rtpcluster.config.models import ClusterConfig, Config, MemberConfig
+
+
+class ControlError(Exception):
+    """A refused admin request; ``str(err)`` is the text after ``ERROR: ``."""
+
+
+@dataclass(slots=True)
+class MemberInfo:
+    name: str
+    protocol: str  # as in the config: udp, udp6, unix, cunix, tcp, tcp6, embedded
+    address: str  # host:port, [v6]:port or a path; never a repr
+    weight: int
+    capacity: int
+    status: str  # ACTIVE, SUSPENDED or DRAINING
+    online: bool
+    active_sessions: int  # last reported by the member plus placed since
+    utilisation: float  # 0.0 .. (may exceed 1.0 under a soft limit)
+    rtt: float | None  # smoothed round-trip time in seconds, None until measured
+    tracked_calls: int  # call-ids the cluster has bound to this member
+    wan_address: str | None = None
+    lan_address: str | None = None
+    cmd_out_address: str | None = None
+    drain_deadline: float | None = None  # seconds left until a forced removal
+
+
+@dataclass(slots=True)
+class ClusterInfo:
+    index: int
+    name: str
+    addresses: list[str]  # str(Endpoint) of every listener
+    capacity_limit: str  # soft or hard
+    members: list[MemberInfo] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ReloadPlan:
+    """What a reload does (or would do, with --dry-run): one line per change."""
+
+    changes: list[str]
+    clusters: int  # clusters in the new config
+    members: int  # members in the new config
+
+
+class ServiceControl(Protocol):
+    def clusters(self) -> list[ClusterInfo]: ...
+
+    def cluster(self, name: str) -> ClusterInfo:
+        """Raise ControlError('<name>: cluster not found')."""
+        ...
+
+    async def add_member(self, cluster: str, member: MemberConfig) -> None:
+        """Raise ControlError('<name>: RTPproxy already exists') on a duplicate."""
+        ...
+
+    async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
+        """Drain then remove; ``timeout`` seconds after which it is removed anyway."""
+        ...
+
+    async def suspend_member(self, cluster: str, member: str) -> None: ...
+
+    async def resume_member(self, cluster: str, member: str) -> None: ...
+
+    async def create_cluster(self, cluster: ClusterConfig) -> None: ...
+
+    async def destroy_cluster(self, name: str) -> None:
+        """Drain every member, then stop the cluster's listeners and nursery."""
+        ...
+
+    async def reload(self, dry_run: bool = False) -> ReloadPlan:
+        """Re-read the config file; raise ControlError (changing nothing) if it is bad."""
+        ...
+
+    def running_config(self) -> Config:
+        """The configuration as running now, runtime changes included."""
+        ...
+
+    @property
+    def config_path(self) -> str: ...

@@ -1,0 +1,345 @@
+"""Cluster: the running form of one ``<rtp_cluster>``, its own nursery of tasks.
+
+::
+
+    cluster nursery
+    ├── listener per control endpoint
+    ├── upkeep (reply-cache rotation, session aging, drain completion)
+    ├── notify relay (optional)
+    └── member nursery per member: transport client + health task
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from rtpcluster.cluster import health
+from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
+from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.notify import NotifyRelay
+from rtpcluster.cluster.reply_cache import ReplyCache
+from rtpcluster.cluster.router import Router
+from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
+from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
+from rtpcluster.transport.listeners import Listener
+from rtpcluster.transport.member_client import make_client
+
+log = logging.getLogger(__name__)
+
+UPKEEP_INTERVAL = 1.0
+REPLY_CACHE_LIFETIME = 30.0
+STOP_GRACE = 2.0
+
+
+class _MemberTasks:
+    """The nursery of one member, cancellable on its own."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.scope = trio.CancelScope()
+        self.embedded: Any = None
+
+
+class Cluster:
+    def __init__(self, index: int, config: ClusterConfig) -> None:
+        self.index = index
+        self.config = config
+        self.members: dict[str, Member] = {}
+        self._tasks: dict[str, _MemberTasks] = {}
+        self.sessions: SessionTable[Member] = SessionTable(config.session_idle_timeout)
+        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME)
+        self.router = Router(config, self.member_list, self.sessions)
+        self.listeners: list[Listener] = []
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._listeners_done = trio.Event()
+        self._member_list: list[Member] = []
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def member_list(self) -> list[Member]:
+        return self._member_list
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for member_config in self.config.members:
+                    await self._start_member(member_config)
+                await self._start_listeners(nursery)
+                nursery.start_soon(self._upkeep)
+                if self.config.disconnect_notify is not None:
+                    relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
+                    await nursery.start(relay.run)
+                task_status.started()
+
+    async def _start_listeners(self, nursery: trio.Nursery) -> None:
+        remaining = len(self.config.listen)
+
+        async def serve(listener: Listener, task_status: trio.TaskStatus[None]) -> None:
+            nonlocal remaining
+            try:
+                await listener.run(task_status=task_status)
+            finally:
+                remaining -= 1
+                if remaining == 0:
+                    self._listeners_done.set()
+
+        for endpoint in self.config.listen:
+            listener = Listener(endpoint, self.on_datagram, self.router.handle)
+            self.listeners.append(listener)
+            await nursery.start(serve, listener)
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop taking commands, give those in flight ``grace`` seconds, then stop all."""
+        for listener in self.listeners:
+            listener.stop_accepting()
+        if self.listeners:
+            with trio.move_on_after(grace):
+                await self._listeners_done.wait()
+        self._scope.cancel()
+
+    async def on_datagram(self, data: bytes, addr: Any) -> bytes | None:
+        """A UDP command: cookie, retransmit cache, then the Router."""
+        try:
+            cookie, body = split_cookie(data)
+        except ProtocolError:
+            return None  # no cookie to answer with
+        key = (cookie, addr)
+        known = self.reply_cache.begin(key)
+        if known is not None:
+            return known or None  # cached reply, or silence while the first copy is worked on
+        try:
+            reply = join_cookie(cookie, await self.router.handle(body))
+        except BaseException:
+            self.reply_cache.abandon(key)
+            raise
+        self.reply_cache.finish(key, reply)
+        return reply
+
+    async def _upkeep(self) -> None:
+        next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME
+        next_session_rotation = trio.current_time() + self.config.session_idle_timeout / 2
+        while True:
+            await trio.sleep(UPKEEP_INTERVAL)
+            now = trio.current_time()
+            if now >= next_cache_rotation:
+                self.reply_cache.rotate()
+                next_cache_rotation = now + REPLY_CACHE_LIFETIME
+            if now >= next_session_rotation:
+                forgotten = self.sessions.rotate()
+                if forgotten:
+                    log.info("%s: forgot %d idle calls", self.name, forgotten)
+                next_session_rotation = now + self.config.session_idle_timeout / 2
+            for member in list(self._member_list):
+                if member.status is MemberStatus.DRAINING and self._drained(member, now):
+                    log.info("%s: member %s drained, removing it", self.name, member.name)
+                    self._remove_now(member.name)
+
+    @staticmethod
+    def _drained(member: Member, now: float) -> bool:
+        if member.drain_deadline is not None and now >= member.drain_deadline:
+            return True
+        if not member.online:
+            return True
+        # two heartbeats in a row with no session: one is not enough (it may be stale)
+        return member.zero_heartbeats >= 2 and member.placed_since_report == 0
+
+    # --- members ---------------------------------------------------------------------------
+
+    async def _start_member(self, config: MemberConfig) -> Member:
+        if self._nursery is None:
+            raise ControlError(f"{self.name}: cluster is not running")
+        member = Member(config)
+        tasks = _MemberTasks(member)
+        self.members[config.name] = member
+        self._tasks[config.name] = tasks
+        self._member_list = list(self.members.values())
+        await self._nursery.start(self._run_member, tasks)
+        return member
+
+    async def _run_member(
+        self, tasks: _MemberTasks, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Client and health task of one member; a failure here never reaches the cluster."""
+        member = tasks.member
+        client = member.client
+        started = False
+        with tasks.scope:
+            try:
+                while True:
+                    try:
+                        if member.config.protocol == "embedded" and tasks.embedded is None:
+                            tasks.embedded = await _start_embedded(member.config)
+                        async with trio.open_nursery() as nursery:
+                            await nursery.start(client.run)
+                            if not started:
+                                started = True
+                                task_status.started()
+                            await health.watch(
+                                member,
+                                self.config.heartbeat_interval,
+                                self.config.offline_probe_interval,
+                                self.config.member_timeout,
+                            )
+                    except Exception as exc:
+                        log.warning("%s: member %s failed: %s", self.name, member.name, exc)
+                        member.set_online(False)
+                        client.close()
+                        client = member.client = make_client(
+                            member.config.address, member.config.cmd_out_address
+                        )
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await trio.sleep(self.config.offline_probe_interval)
+            finally:
+                client.close()
+                tasks.embedded = None
+        if not started:
+            task_status.started()
+
+    def member(self, name: str) -> Member:
+        member = self.members.get(name)
+        if member is None:
+            raise ControlError(f"{name}: RTPproxy not found")
+        return member
+
+    async def add_member(self, config: MemberConfig) -> None:
+        if config.name in self.members:
+            raise ControlError(f"{config.name}: RTPproxy already exists")
+        await self._start_member(config)
+        self.config = self.config.model_copy(update={"members": [*self.config.members, config]})
+        self.router.config = self.config
+
+    def _remove_now(self, name: str) -> None:
+        member = self.members.pop(name, None)
+        tasks = self._tasks.pop(name, None)
+        if member is None:
+            return
+        member.removed = True
+        member.set_online(False)
+        self._member_list = list(self.members.values())
+        self.sessions.drop_member(member)
+        if tasks is not None:
+            tasks.scope.cancel()
+        members = [m for m in self.config.members if m.name != name]
+        self.config = self.config.model_copy(update={"members": members})
+        self.router.config = self.config
+
+    def remove_member(self, name: str, timeout: float | None) -> None:
+        """Drain: no new calls; removed when its calls have ended or at the deadline."""
+        member = self.member(name)
+        if not member.online:
+            self._remove_now(name)
+            return
+        self._set_status(member, MemberStatus.DRAINING)
+        if timeout is not None:
+            member.drain_deadline = trio.current_time() + timeout
+        member.zero_heartbeats = 0
+
+    def set_status(self, name: str, status: MemberStatus) -> None:
+        member = self.member(name)
+        member.drain_deadline = None
+        self._set_status(member, status)
+
+    def _set_status(self, member: Member, status: MemberStatus) -> None:
+        member.status = status
+        member.config = member.config.model_copy(update={"status": status})
+        members = [member.config if m.name == member.name else m for m in self.config.members]
+        self.config = self.config.model_copy(update={"members": members})
+        self.router.config = self.config
+
+    async def replace_member(self, config: MemberConfig) -> None:
+        """Apply a changed member config; an address change reconnects, calls stay bound."""
+        member = self.member(config.name)
+        old = member.config
+        member.config = config
+        member.status = config.status
+        member.drain_deadline = None
+        members = [config if m.name == config.name else m for m in self.config.members]
+        self.config = self.config.model_copy(update={"members": members})
+        self.router.config = self.config
+        if (
+            old.address != config.address
+            or old.protocol != config.protocol
+            or old.cmd_out_address != config.cmd_out_address
+        ):
+            old_tasks = self._tasks.pop(config.name)
+            old_tasks.scope.cancel()
+            member.set_online(False)
+            member.client = make_client(config.address, config.cmd_out_address)
+            tasks = _MemberTasks(member)
+            self._tasks[config.name] = tasks
+            assert self._nursery is not None
+            await self._nursery.start(self._run_member, tasks)
+
+    def update_settings(self, config: ClusterConfig) -> None:
+        """Apply cluster-level settings that need no restart (timers, capacity limit)."""
+        keep = {"members": self.config.members, "listen": self.config.listen}
+        self.config = config.model_copy(update=keep)
+        self.router.config = self.config
+        self.sessions.idle_timeout = self.config.session_idle_timeout
+
+    # --- reporting -------------------------------------------------------------------------
+
+    def info(self) -> ClusterInfo:
+        counts = self.sessions.counts()
+        now = trio.current_time()
+        members = []
+        for member in self._member_list:
+            cfg = member.config
+            left = None if member.drain_deadline is None else max(0.0, member.drain_deadline - now)
+            members.append(
+                MemberInfo(
+                    name=cfg.name,
+                    protocol=str(cfg.protocol),
+                    address=cfg.address.address,
+                    weight=cfg.weight,
+                    capacity=cfg.capacity,
+                    status=str(member.status),
+                    online=member.online,
+                    active_sessions=member.load,
+                    utilisation=member.utilisation,
+                    rtt=member.client.rtt,
+                    tracked_calls=counts.get(id(member), 0),
+                    wan_address=cfg.wan_address,
+                    lan_address=cfg.lan_address,
+                    cmd_out_address=cfg.cmd_out_address,
+                    drain_deadline=left,
+                )
+            )
+        return ClusterInfo(
+            index=self.index,
+            name=self.name,
+            addresses=[str(ep) for ep in self.config.listen],
+            capacity_limit=str(self.config.capacity_limit),
+            members=members,
+        )
+
+
+async def _start_embedded(config: MemberConfig) -> Any:
+    """Start an in-process RTPproxy (the optional rtp-io wheel) listening on the address."""
+    try:
+        import rtp.io
+    except ImportError:
+        raise ControlError(
+            f"{config.name}: protocol embedded needs the rtp-io wheel"
+            " (pip install 'rtpcluster[embedded]')"
+        ) from None
+    args = ["-s", str(config.address), "-F", "-d", "err"]
+    host = config.address.host if not config.address.kind.is_path else "127.0.0.1"
+    args += ["-l", host or "127.0.0.1"]
+    if config.rtp_port_min is not None:
+        args += ["-m", str(config.rtp_port_min)]
+    if config.rtp_port_max is not None:
+        args += ["-M", str(config.rtp_port_max)]
+    return await trio.to_thread.run_sync(lambda: rtp.io.rtpproxy(extra_args=args, modules=[]))

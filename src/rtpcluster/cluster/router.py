@@ -1,0 +1,356 @@
+"""Router: what the cluster does with each control command.
+
+It decides; members' clients move the bytes. Session commands follow the call-id to
+the member that holds the call; a new call goes where the Balancer says; an unknown
+call is looked for on every member; statistics are summed; ``V`` is answered here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote
+
+import trio
+
+from rtpcluster.cluster import balancer
+from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.protocol import (
+    E_BROADCAST,
+    E_MEMBER_TIMEOUT,
+    E_NO_MEMBER,
+    E_NO_PICK,
+    E_STATS_NONE,
+    Command,
+    ProtocolError,
+    format_info_reply,
+    format_stats_reply,
+    is_error,
+    is_positive,
+    merge_stats,
+    parse_command,
+    parse_stats_reply,
+    rewrite_ul_address,
+)
+from rtpcluster.transport.member_client import MemberError, MemberTimeout
+
+if TYPE_CHECKING:
+    from rtpcluster.config.models import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "20040107"
+CAP_WILDCARD_NOTIFY = "20150617"
+NOTIFY_WILDCARD_HOST = "%%CC_SELF%%"
+
+
+def _error(code: int) -> str:
+    return f"E{code}\n"
+
+
+class Router:
+    """Routes commands for one cluster. Holds no sockets of its own."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        members: Callable[[], Sequence[Member]],
+        sessions: SessionTable[Member],
+    ) -> None:
+        self.config = config
+        self._members = members
+        self.sessions = sessions
+
+    @property
+    def timeout(self) -> float:
+        return self.config.member_timeout
+
+    @property
+    def new_session_budget(self) -> float:
+        """How long a new call waits on one member before it is placed on another."""
+        return self.config.member_timeout * 0.6
+
+    async def handle(self, data: bytes) -> str:
+        """Answer one command; never raises for anything a client sent."""
+        try:
+            cmd = parse_command(data)
+        except ProtocolError as exc:
+            return _error(exc.code)
+        try:
+            if cmd.is_session_command:
+                return await self._session_command(cmd)
+            op = cmd.op
+            if op == "V":
+                return await self._version(cmd)
+            if op == "I":
+                return self._info(cmd)
+            if op == "G":
+                return await self._stats(cmd)
+            if op == "X":
+                return await self._delete_all()
+            return _error(0)
+        except Exception:
+            log.exception("internal error while routing %r", cmd.serialize()[:200])
+            return _error(E_MEMBER_TIMEOUT)
+
+    # --- sessions ------------------------------------------------------------------------
+
+    async def _session_command(self, cmd: Command) -> str:
+        call_id = cmd.call_id
+        assert call_id is not None
+        owner = self.sessions.get(call_id)
+        if owner is not None and owner.removed:
+            self.sessions.unbind(call_id)
+            owner = None
+        if owner is None:
+            if cmd.op == "U" and cmd.to_tag is None:
+                return await self._new_session(cmd)
+            return await self._find_owner(cmd)
+        if not owner.online:
+            if cmd.op == "D":
+                owner.defer(cmd.serialize(), trio.current_time())
+                return "0\n"
+            if cmd.op == "U" and cmd.to_tag is None:
+                return await self._new_session(cmd)
+            return _error(E_MEMBER_TIMEOUT)
+        return await self._forward(owner, cmd)
+
+    async def _forward(self, member: Member, cmd: Command) -> str:
+        sent = self._prepare(member, cmd)
+        try:
+            reply = await member.send(sent, self.timeout)
+        except MemberError:
+            if cmd.op == "D":
+                member.defer(sent.serialize(), trio.current_time())
+                return "0\n"
+            return _error(E_MEMBER_TIMEOUT)
+        return self._finish(member, cmd, reply)
+
+    async def _new_session(self, cmd: Command) -> str:
+        call_id = cmd.call_id
+        assert call_id is not None
+        members = self._members()
+        if not any(m.online for m in members):
+            return _error(E_NO_MEMBER)
+        tried: list[Member] = []
+        hard = self.config.capacity_limit == "hard"
+        while True:
+            member = balancer.pick(members, hard, tried)
+            if member is None:
+                if tried:
+                    return _error(E_MEMBER_TIMEOUT)
+                if any(m.accepts_new_sessions for m in members):
+                    return _error(E_NO_PICK)
+                return _error(E_NO_MEMBER)
+            sent = self._prepare(member, cmd)
+            member.placed_since_report += 1
+            try:
+                reply = await member.send(sent, self.new_session_budget)
+            except MemberError as exc:
+                member.placed_since_report -= 1
+                tried.append(member)
+                if isinstance(exc, MemberTimeout) and cmd.from_tag is not None:
+                    # It may still create the session late: delete it when it answers.
+                    member.defer(f"D {call_id} {cmd.from_tag}", trio.current_time())
+                continue
+            if is_positive("U", reply):
+                self.sessions.bind(call_id, member)
+            else:
+                member.placed_since_report -= 1
+            return self._finish(member, cmd, reply)
+
+    async def _find_owner(self, cmd: Command) -> str:
+        """A command for a call nobody here knows: ask every online member."""
+        online = [m for m in self._members() if m.online]
+        if not online:
+            return _error(E_NO_MEMBER)
+        probe = cmd.as_lookup() if cmd.op == "U" else cmd
+        probe_op = probe.op
+        answers: list[tuple[Member, str | None]] = []
+
+        async def ask(member: Member) -> None:
+            try:
+                answers.append(
+                    (member, await member.send(self._prepare(member, probe), self.timeout))
+                )
+            except MemberError:
+                answers.append((member, None))
+
+        async with trio.open_nursery() as nursery:
+            for member in online:
+                nursery.start_soon(ask, member)
+        positive = [(m, r) for m, r in answers if r is not None and is_positive(probe_op, r)]
+        call_id = cmd.call_id
+        assert call_id is not None
+        if len(positive) == 1:
+            owner, reply = positive[0]
+            self.sessions.bind(call_id, owner)
+            if cmd.op == "U":
+                return await self._forward(owner, cmd)
+            return self._finish(owner, cmd, reply)
+        if cmd.op == "D" and not positive:
+            silent = [m for m, r in answers if r is None]
+            for member in silent:
+                member.defer(cmd.serialize(), trio.current_time())
+            if silent:
+                return "0\n"
+        if cmd.op == "U" and not positive:
+            # RTPproxy never answers "not found" to U: no member has it, so create it.
+            return await self._new_session(cmd)
+        if cmd.op in ("U", "L"):
+            return "0\n"
+        if not positive:
+            errors = [r for _, r in answers if r is not None and is_error(r)]
+            if len(errors) == len(online):
+                return _ensure_newline(errors[0])
+        return _error(E_BROADCAST)
+
+    # --- per-member rewriting ------------------------------------------------------------
+
+    def _prepare(self, member: Member, cmd: Command) -> Command:
+        """The command as this member must see it: lan address and notify target."""
+        if cmd.op not in ("U", "L"):
+            return cmd
+        lan = member.config.lan_address
+        if lan is not None:
+            cmd = cmd.with_local_address(lan)
+        if cmd.op == "U" and cmd.notify_socket is not None:
+            cmd = self._notify_for(member, cmd)
+        return cmd
+
+    def _notify_for(self, member: Member, cmd: Command) -> Command:
+        """Send notifications to our relay, or strip them where the member cannot reach."""
+        if member.config.address.kind.is_path:
+            return cmd  # a local member reaches the SIP server's socket itself
+        relay = self.config.disconnect_notify
+        socket_name = cmd.notify_socket or ""
+        if (
+            relay is not None
+            and member.capabilities.get(CAP_WILDCARD_NOTIFY)
+            and socket_name.startswith(relay.dest_socket_prefix)
+        ):
+            suffix = socket_name[len(relay.dest_socket_prefix) :]
+            tag = quote(f"{suffix} {unquote(cmd.notify_tag or '')}", safe="")
+            port = relay.inbound_address.port
+            return cmd.with_notify(f"tcp:{NOTIFY_WILDCARD_HOST}:{port}", tag)
+        return cmd.without_notify()
+
+    def _finish(self, member: Member, cmd: Command, reply: str) -> str:
+        reply = _ensure_newline(reply)
+        if cmd.op in ("U", "L"):
+            wan = member.config.wan_address
+            if wan is not None and (
+                member.config.lan_address is not None or cmd.local_address is None
+            ):
+                reply = rewrite_ul_address(reply, wan)
+        return reply
+
+    # --- cluster-wide commands -------------------------------------------------------------
+
+    async def _version(self, cmd: Command) -> str:
+        if not cmd.is_vf:
+            if cmd.modifiers:
+                return _error(2)
+            return PROTOCOL_VERSION + "\n"
+        online = [m for m in self._members() if m.online]
+        if not online:
+            return _error(E_NO_MEMBER)
+        date = cmd.args[0]
+        results: list[bool] = []
+
+        async def ask(member: Member) -> None:
+            known = member.capabilities.get(date)
+            if known is None:
+                try:
+                    reply = await member.send(cmd, self.timeout)
+                except MemberError:
+                    return
+                known = reply.strip() == "1"
+                member.capabilities[date] = known
+            results.append(known)
+
+        async with trio.open_nursery() as nursery:
+            for member in online:
+                nursery.start_soon(ask, member)
+        if not results:
+            return _error(E_MEMBER_TIMEOUT)
+        return "1\n" if all(results) else "0\n"
+
+    def _info(self, cmd: Command) -> str:
+        online = [m for m in self._members() if m.online]
+        if not online:
+            return _error(E_NO_MEMBER)
+        modifiers = cmd.modifiers.lower()
+        if modifiers.strip("bl"):
+            return _error(18)
+        totals = merge_stats(m.info for m in online)
+        return format_info_reply(totals, with_load="l" in modifiers)
+
+    async def _stats(self, cmd: Command) -> str:
+        modifiers = cmd.modifiers.lower()
+        if modifiers not in ("", "v"):
+            return _error(9)
+        verbose = modifiers == "v"
+        names = list(cmd.args)
+        online = [m for m in self._members() if m.online]
+        if not online:
+            return _error(E_NO_MEMBER)
+        if not names:
+            return "\n"
+        request = "G " + " ".join(names)
+        parts: list[dict[str, int | float]] = []
+        errors: list[str] = []
+
+        async def ask(member: Member) -> None:
+            try:
+                reply = await member.send(request, self.timeout)
+                if is_error(reply):
+                    errors.append(reply)
+                    return
+                values = parse_stats_reply(names, False, reply.strip())
+            except (MemberError, ProtocolError):
+                cached = member.stats_cache
+                if all(name in cached for name in names):
+                    parts.append({name: cached[name] for name in names})
+                return
+            member.stats_cache.update(values)
+            parts.append(values)
+
+        async with trio.open_nursery() as nursery:
+            for member in online:
+                nursery.start_soon(ask, member)
+        if not parts:
+            return _ensure_newline(errors[0]) if errors else _error(E_STATS_NONE)
+        return format_stats_reply(names, verbose, merge_stats(parts))
+
+    async def _delete_all(self) -> str:
+        online = [m for m in self._members() if m.online]
+        if not online:
+            return _error(E_NO_MEMBER)
+        failed: list[Member] = []
+
+        async def tell(member: Member) -> None:
+            try:
+                await member.send("X", self.timeout)
+            except MemberError:
+                failed.append(member)
+
+        async with trio.open_nursery() as nursery:
+            for member in online:
+                nursery.start_soon(tell, member)
+        self.sessions.clear()
+        return _error(E_MEMBER_TIMEOUT) if failed else "0\n"
+
+
+def _ensure_newline(reply: str) -> str:
+    return reply if reply.endswith("\n") else reply + "\n"
+
+
+def is_ipv6_literal(text: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
+    except ValueError:
+        return False

@@ -1,0 +1,206 @@
+"""Control-socket listeners on the SIP server's side.
+
+A listener moves bytes and frames them the way RTPproxy's own socket of that kind
+does; what a command means is the handler's business. Stopping a listener stops
+accepting new work first and lets the commands already in flight get their replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket as stdsocket
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from rtpcluster.protocol import MAX_COMMAND_BYTES, LineFramer, ProtocolError
+from rtpcluster.transport.endpoint import Endpoint, Kind
+
+log = logging.getLogger(__name__)
+
+UDP_RCVBUF = 4 * 1024 * 1024
+RECV_SIZE = 65536
+
+# (datagram, source address) -> whole reply datagram, or None to stay silent
+DatagramHandler = Callable[[bytes, Any], Awaitable[bytes | None]]
+# command text -> reply text (ending with a newline)
+StreamHandler = Callable[[bytes], Awaitable[str]]
+
+
+class ListenerError(Exception):
+    """A listener could not be opened; the message names the endpoint."""
+
+
+class Listener:
+    """One control endpoint. ``run`` serves until cancelled or :meth:`stop_accepting`."""
+
+    def __init__(
+        self, endpoint: Endpoint, on_datagram: DatagramHandler, on_command: StreamHandler
+    ) -> None:
+        self.endpoint = endpoint
+        self._on_datagram = on_datagram
+        self._on_command = on_command
+        self._accept_scope = trio.CancelScope()
+        self._idle_scopes: set[trio.CancelScope] = set()
+        self._stopping = False
+
+    def stop_accepting(self) -> None:
+        """Take no new commands; those in flight still get their replies."""
+        self._stopping = True
+        self._accept_scope.cancel()
+        for scope in list(self._idle_scopes):
+            scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        kind = self.endpoint.kind
+        if kind.is_datagram:
+            await self._run_udp(task_status)
+        elif kind.is_path:
+            await self._run_unix(task_status)
+        else:
+            await self._run_tcp(task_status)
+
+    # --- datagram -------------------------------------------------------------------
+
+    async def _run_udp(self, task_status: trio.TaskStatus[None]) -> None:
+        family = stdsocket.AF_INET6 if self.endpoint.kind is Kind.UDP6 else stdsocket.AF_INET
+        sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
+        with sock:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, UDP_RCVBUF)
+            host = self.endpoint.host
+            if host == "*":
+                host = "::" if family == stdsocket.AF_INET6 else "0.0.0.0"
+            try:
+                await sock.bind((host, self.endpoint.port))
+            except OSError as exc:
+                raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
+            async with trio.open_nursery() as requests:
+                with self._accept_scope:
+                    task_status.started()
+                    while True:
+                        try:
+                            data, addr = await sock.recvfrom(RECV_SIZE)
+                        except OSError:
+                            continue
+                        requests.start_soon(self._serve_datagram, sock, data, addr)
+
+    async def _serve_datagram(self, sock: trio.socket.SocketType, data: bytes, addr: Any) -> None:
+        reply = await self._on_datagram(data, addr)
+        if reply is not None:
+            with contextlib.suppress(OSError):
+                await sock.sendto(reply, addr)
+
+    # --- streams ----------------------------------------------------------------------
+
+    async def _run_unix(self, task_status: trio.TaskStatus[None]) -> None:
+        path = self.endpoint.path
+        _remove_stale_socket(path)
+        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        try:
+            await sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
+        try:
+            sock.listen(128)
+            listener = trio.SocketListener(sock)
+            await self._serve_streams([listener], task_status)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    async def _run_tcp(self, task_status: trio.TaskStatus[None]) -> None:
+        host: str | None = self.endpoint.host
+        if host == "*":
+            host = None
+        try:
+            listeners = await trio.open_tcp_listeners(self.endpoint.port, host=host)
+        except OSError as exc:
+            raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
+        await self._serve_streams(listeners, task_status)
+
+    async def _serve_streams(
+        self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[None]
+    ) -> None:
+        one_shot = self.endpoint.kind is Kind.UNIX
+        serve = self._serve_one_shot if one_shot else self._serve_persistent
+        async with trio.open_nursery() as connections:
+            try:
+                with self._accept_scope:
+                    task_status.started()
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_loop, listener, connections, serve)
+            finally:
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        connections: trio.Nursery,
+        serve: Callable[[trio.SocketStream], Awaitable[None]],
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    await trio.sleep(0.05)
+                    continue
+                raise
+            connections.start_soon(serve, stream)
+
+    async def _serve_one_shot(self, stream: trio.SocketStream) -> None:
+        """RTPproxy ``unix:``: the first read is the whole command; reply, then close."""
+        async with stream:
+            try:
+                data = await stream.receive_some(MAX_COMMAND_BYTES)
+                if not data:
+                    return
+                reply = await self._on_command(data)
+                await stream.send_all(reply.encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _serve_persistent(self, stream: trio.SocketStream) -> None:
+        """``cunix:``/``tcp:``: one command per line, replies in order, many per connection."""
+        framer = LineFramer()
+        async with stream:
+            try:
+                while not self._stopping:
+                    idle = trio.CancelScope()
+                    self._idle_scopes.add(idle)
+                    data = b""
+                    with idle:
+                        data = await stream.receive_some(RECV_SIZE)
+                    self._idle_scopes.discard(idle)
+                    if idle.cancelled_caught or not data:
+                        return
+                    try:
+                        lines = framer.feed(data)
+                    except ProtocolError as exc:
+                        await stream.send_all(f"{exc.reply}\n".encode())
+                        return  # like RTPproxy: an over-long line ends the connection
+                    for line in lines:
+                        reply = await self._on_command(line)
+                        await stream.send_all(reply.encode())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by an earlier run; refuse to remove anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenerError(f"cannot listen on unix:{path}: exists and is not a socket")
+    os.unlink(path)

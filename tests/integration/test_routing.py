@@ -1,0 +1,41 @@
+"""Calls through the cluster to real RTPproxies over real sockets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tests.conftest import MemberFactory
+from tests.integration.harness import (
+    UdpControlClient,
+    cluster_config,
+    owner_of,
+    running_service,
+)
+from tests.rtpproxies import free_port
+
+
+@pytest.fixture
+def listen_udp() -> str:
+    return f"udp:127.0.0.1:{free_port()}"
+
+
+async def test_calls_stay_on_the_member_that_created_them(
+    rtpproxy: MemberFactory, listen_udp: str
+) -> None:
+    members = [rtpproxy(), rtpproxy()]
+    async with running_service(cluster_config(members, [listen_udp])):
+        client = UdpControlClient(listen_udp)
+        served: Counter[str] = Counter()
+        for n in range(200):
+            offer = await client.command(f"U call{n} 127.0.0.1 4000 ftag{n}")
+            owner = owner_of(offer, members)
+            served[owner.control] += 1
+            answer = await client.command(f"L call{n} 127.0.0.1 4002 ftag{n} ttag{n}")
+            assert owner_of(answer, members) is owner
+            reoffer = await client.command(f"U call{n} 127.0.0.1 4000 ftag{n} ttag{n}")
+            assert owner_of(reoffer, members) is owner
+            assert await client.command(f"D call{n} ftag{n} ttag{n}") == "0\n"
+        assert set(served) == {m.control for m in members}
+        client.close()

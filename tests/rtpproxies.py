@@ -29,9 +29,9 @@ sys.stdin.read()
 """
 
 _range_counter = itertools.count()
-RANGE_SIZE = 400
+RANGE_SIZE = 2000
 RANGE_BASE = 20000
-RANGE_SLOTS = 80  # 20000 .. 52000
+RANGE_SLOTS = 20  # 20000 .. 60000
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, family: int = socket.AF_INET) -> int:

@@ -137,3 +137,12 @@ def owner_of(reply: str, proxies: Sequence[RtpProxy]) -> RtpProxy:
         if proxy.owns_port(port):
             return proxy
     raise AssertionError(f"port {port} is in no member's range: {reply!r}")
+
+
+async def heartbeat_round(service: Service, cluster: str) -> None:
+    """Wait until every online member of the cluster has answered one more heartbeat."""
+    members = [m for m in service.running[cluster].member_list() if m.online]
+    seen = {id(m): m.heartbeats for m in members}
+    with trio.fail_after(10):
+        while any(m.heartbeats == seen[id(m)] for m in members if m.online):
+            await trio.sleep(0.01)

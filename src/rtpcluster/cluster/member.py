@@ -37,6 +37,7 @@ class Member:
         self.state_changed = trio.Event()  # set (and replaced) on online/offline changes
         self.drain_deadline: float | None = None
         self.zero_heartbeats = 0  # consecutive heartbeats reporting no active session
+        self.heartbeats = 0  # heartbeats answered so far
 
     # --- configuration ------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class Member:
         self.deferred.append((now + DEFERRED_TTL, command))
 
     def heartbeat(self, info: dict[str, int | float]) -> None:
+        self.heartbeats += 1
         self.info = info
         self.reported_sessions = int(info.get("active sessions", 0))
         self.placed_since_report = 0

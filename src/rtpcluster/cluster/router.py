@@ -7,7 +7,6 @@ call is looked for on every member; statistics are summed; ``V`` is answered her
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -202,10 +201,6 @@ class Router:
             return await self._new_session(cmd)
         if cmd.op in ("U", "L"):
             return "0\n"
-        if not positive:
-            errors = [r for _, r in answers if r is not None and is_error(r)]
-            if len(errors) == len(online):
-                return _ensure_newline(errors[0])
         return _error(E_BROADCAST)
 
     # --- per-member rewriting ------------------------------------------------------------
@@ -347,10 +342,3 @@ class Router:
 
 def _ensure_newline(reply: str) -> str:
     return reply if reply.endswith("\n") else reply + "\n"
-
-
-def is_ipv6_literal(text: str) -> bool:
-    try:
-        return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
-    except ValueError:
-        return False

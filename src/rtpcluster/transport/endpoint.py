@@ -119,7 +119,7 @@ def _split_host_port(text: str) -> tuple[str, int]:
         return host, _port(after[1:], text)
     if text.count(":") > 1:
         left, _, right = text.rpartition(":")
-        if right.isdigit() and _is_ipv6(left):
+        if right.isascii() and right.isdigit() and _is_ipv6(left):
             return left, _port(right, text)
         if _is_ipv6(text):
             return text, DEFAULT_PORT
@@ -133,7 +133,7 @@ def _split_host_port(text: str) -> tuple[str, int]:
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise EndpointError(f"bad port in {whole!r}")
     return int(text)
 

@@ -1,0 +1,230 @@
+"""Typed, immutable model of the cluster configuration.
+
+Every field validator also accepts the text form of its value (``"100"``, ``"active"``,
+``"127.0.0.1:5000"``), so the XML reader and the admin ``modify ... add k=v`` command
+both feed element texts straight in and get the same normalisation and messages.
+Models are frozen: derive changed copies with ``model_copy(update=...)`` and typed
+values (``model_copy`` does not validate).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from rtpcluster.config import values
+from rtpcluster.transport.endpoint import Endpoint, Kind
+
+EndpointValue = Annotated[
+    Endpoint,
+    PlainValidator(values.endpoint),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["udp:127.0.0.1:22222"]}),
+]
+"""An Endpoint field: given as an Endpoint or as ``kind:address`` text, dumped as text."""
+
+
+class MemberStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    DRAINING = "DRAINING"  # takes no new calls; removed once its calls are gone
+
+
+class CapacityLimit(StrEnum):
+    SOFT = "soft"  # all members full: place the call on the least loaded one anyway
+    HARD = "hard"  # all members full: refuse the call (E998)
+
+
+class MemberProtocol(StrEnum):
+    UDP = "udp"
+    UDP6 = "udp6"
+    UNIX = "unix"
+    CUNIX = "cunix"
+    TCP = "tcp"
+    TCP6 = "tcp6"
+    EMBEDDED = "embedded"  # an RTPproxy run in-process (rtp-io); address is its listener
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MemberConfig(_Frozen):
+    """One ``<rtpproxy>``: a member RTPproxy and how to reach it."""
+
+    name: str
+    protocol: MemberProtocol
+    address: EndpointValue
+    weight: int = 100
+    capacity: int = 4000
+    status: MemberStatus = MemberStatus.ACTIVE
+    wan_address: str | None = None
+    lan_address: str | None = None
+    cmd_out_address: str | None = None
+    rtp_port_min: int | None = None
+    rtp_port_max: int | None = None
+
+    _name = field_validator("name", mode="before")(values.name)
+    _weight = field_validator("weight", "capacity", mode="before")(values.positive_integer)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> MemberProtocol:
+        return values.choice(value, MemberProtocol)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: object) -> MemberStatus:
+        return values.choice(value, MemberStatus)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: object, info: ValidationInfo) -> Endpoint:
+        protocol = info.data.get("protocol")
+        if protocol is None:  # its own error is reported first
+            raise ValueError("cannot be read without a valid <protocol>")
+        if protocol is not MemberProtocol.EMBEDDED:
+            return values.endpoint_of_kind(value, Kind(protocol.value))
+        if isinstance(value, str) and not values.has_kind_prefix(value):
+            raise ValueError(
+                f"an embedded RTPproxy's address needs its kind, "
+                f"e.g. udp:127.0.0.1:22301, got {value!r}"
+            )
+        return values.endpoint(value)
+
+    @field_validator("wan_address", "lan_address", mode="before")
+    @classmethod
+    def _ip(cls, value: object) -> str | None:
+        given = values.optional(value)
+        return None if given is None else values.ip_address(given)
+
+    @field_validator("cmd_out_address", mode="before")
+    @classmethod
+    def _ip_port(cls, value: object) -> str | None:
+        given = values.optional(value)
+        return None if given is None else values.ip_address_with_port(given)
+
+    @field_validator("rtp_port_min", "rtp_port_max", mode="before")
+    @classmethod
+    def _port(cls, value: object) -> int | None:
+        given = values.optional(value)
+        return None if given is None else values.port_number(given)
+
+    @model_validator(mode="after")
+    def _port_range(self) -> MemberConfig:
+        given = [port for port in (self.rtp_port_min, self.rtp_port_max) if port is not None]
+        if given and self.protocol is not MemberProtocol.EMBEDDED:
+            element = "rtp_port_min" if self.rtp_port_min is not None else "rtp_port_max"
+            raise ValueError(f"<{element}>: only allowed with protocol embedded")
+        if len(given) == 2 and given[0] > given[1]:
+            raise ValueError(
+                f"<rtp_port_min>: must not be above <rtp_port_max> {given[1]}, got {given[0]}"
+            )
+        return self
+
+
+class DisconnectNotify(_Frozen):
+    """``<disconnect_notify>``: relay RTPproxy's session-timeout notifications.
+
+    Members connect to ``inbound_address`` (TCP); each notification is written to the
+    unix socket ``dest_socket_prefix`` + the suffix the SIP server asked for.
+    """
+
+    inbound_address: EndpointValue
+    dest_socket_prefix: str
+
+    _prefix = field_validator("dest_socket_prefix", mode="before")(values.text)
+
+    @field_validator("inbound_address", mode="before")
+    @classmethod
+    def _inbound(cls, value: object) -> Endpoint:
+        endpoint = values.endpoint_with_port(value, Kind.TCP)
+        if endpoint.kind not in (Kind.TCP, Kind.TCP6):
+            raise ValueError(f"must be a TCP address host:port, got {str(endpoint)!r}")
+        return endpoint
+
+
+class ClusterConfig(_Frozen):
+    """One ``<rtp_cluster>``: its control sockets, policy, timers and members."""
+
+    name: str
+    listen: list[EndpointValue]
+    capacity_limit: CapacityLimit = CapacityLimit.SOFT
+    disconnect_notify: DisconnectNotify | None = None
+    members: list[MemberConfig] = Field(default_factory=list)
+    heartbeat_interval: float = 1.0
+    offline_probe_interval: float = 2.0
+    member_timeout: float = 0.5  # budget of one command to a member, retransmits included
+    session_idle_timeout: float = 3600.0  # forget a call-id with no command for this long
+
+    _name = field_validator("name", mode="before")(values.name)
+    _timers = field_validator(
+        "heartbeat_interval",
+        "offline_probe_interval",
+        "member_timeout",
+        "session_idle_timeout",
+        mode="before",
+    )(values.seconds)
+
+    @field_validator("capacity_limit", mode="before")
+    @classmethod
+    def _capacity_limit(cls, value: object) -> CapacityLimit:
+        return values.choice(value, CapacityLimit)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterConfig:
+        if not self.listen:
+            raise ValueError("no control socket: give <protocol> and <address>, or a <listen>")
+        seen: set[tuple[str, ...]] = set()
+        for endpoint in self.listen:
+            if _socket_key(endpoint) in seen:
+                raise ValueError(f"<listen>: duplicate endpoint {str(endpoint)!r}")
+            seen.add(_socket_key(endpoint))
+        names: set[str] = set()
+        for member in self.members:
+            if member.name in names:
+                raise ValueError(f"duplicate rtpproxy name {member.name!r}")
+            names.add(member.name)
+        return self
+
+
+class Config(_Frozen):
+    """The whole ``<rtp_cluster_config>``."""
+
+    clusters: list[ClusterConfig]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Config:
+        names: set[str] = set()
+        owners: dict[tuple[str, ...], str] = {}
+        for cluster in self.clusters:
+            if cluster.name in names:
+                raise ValueError(f"duplicate cluster name {cluster.name!r}")
+            names.add(cluster.name)
+            for endpoint in cluster.listen:
+                owner = owners.setdefault(_socket_key(endpoint), cluster.name)
+                if owner != cluster.name:
+                    raise ValueError(
+                        f"cluster {cluster.name!r}: <listen>: endpoint {str(endpoint)!r} "
+                        f"is already used by cluster {owner!r}"
+                    )
+        return self
+
+
+def _socket_key(endpoint: Endpoint) -> tuple[str, ...]:
+    """What two listeners must not share: a filesystem path, or kind+host+port."""
+    if endpoint.kind.is_path:
+        return ("path", endpoint.path)
+    return (endpoint.kind.value, endpoint.host, str(endpoint.port))

@@ -1,0 +1,183 @@
+"""Property tests: any valid Config survives dump -> parse; value parsers agree with str()."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtpcluster.config import (
+    CapacityLimit,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    DisconnectNotify,
+    MemberConfig,
+    MemberProtocol,
+    MemberStatus,
+    dump_config,
+    member_from_fields,
+    parse_config,
+    values,
+)
+from rtpcluster.transport.endpoint import Endpoint, Kind
+
+NAMES = st.text(alphabet=st.sampled_from("abcXYZ019_-.:<>&'\"éü"), min_size=1, max_size=12)
+PORTS = st.integers(min_value=1, max_value=65535)
+IPV4 = st.ip_addresses(v=4).map(str)
+IPV6 = st.ip_addresses(v=6).map(str)
+HOSTNAMES = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9]{0,5}){0,2}", fullmatch=True)
+PATHS = st.from_regex(r"/[A-Za-z0-9_.-]{1,10}(/[A-Za-z0-9_.-]{1,10}){0,2}", fullmatch=True)
+SECONDS = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+def endpoints(kind: Kind) -> st.SearchStrategy[Endpoint]:
+    if kind.is_path:
+        return PATHS.map(lambda path: Endpoint(kind, path=path))
+    hosts = st.one_of(IPV6 if kind.is_inet6 else IPV4, HOSTNAMES)
+    return st.builds(lambda host, port: Endpoint(kind, host, port), hosts, PORTS)
+
+
+ANY_ENDPOINT = st.sampled_from(list(Kind)).flatmap(endpoints)
+
+
+@st.composite
+def members(draw: st.DrawFn, name: str) -> MemberConfig:
+    protocol = draw(st.sampled_from(list(MemberProtocol)))
+    embedded = protocol is MemberProtocol.EMBEDDED
+    address = draw(ANY_ENDPOINT if embedded else endpoints(Kind(protocol.value)))
+    port_min = draw(st.none() | PORTS) if embedded else None
+    port_max = draw(st.none() | st.integers(port_min or 1, 65535)) if embedded else None
+    return MemberConfig(
+        name=name,
+        protocol=protocol,
+        address=address,
+        weight=draw(st.integers(1, 10**6)),
+        capacity=draw(st.integers(1, 10**6)),
+        status=draw(st.sampled_from(list(MemberStatus))),
+        wan_address=draw(st.none() | IPV4 | IPV6),
+        lan_address=draw(st.none() | IPV4),
+        cmd_out_address=draw(
+            st.none() | IPV4 | st.builds(lambda ip, port: f"[{ip}]:{port}", IPV6, PORTS)
+        ),
+        rtp_port_min=port_min,
+        rtp_port_max=port_max,
+    )
+
+
+@st.composite
+def clusters(draw: st.DrawFn, name: str, listen: list[Endpoint]) -> ClusterConfig:
+    member_names = draw(st.lists(NAMES, unique=True, max_size=3))
+    notify = draw(
+        st.none()
+        | st.builds(
+            DisconnectNotify,
+            inbound_address=st.one_of(endpoints(Kind.TCP), endpoints(Kind.TCP6)),
+            dest_socket_prefix=PATHS,
+        )
+    )
+    return ClusterConfig(
+        name=name,
+        listen=listen,
+        capacity_limit=draw(st.sampled_from(list(CapacityLimit))),
+        disconnect_notify=notify,
+        members=[draw(members(member)) for member in member_names],
+        heartbeat_interval=draw(SECONDS),
+        offline_probe_interval=draw(st.sampled_from([2.0]) | SECONDS),
+        member_timeout=draw(SECONDS),
+        session_idle_timeout=draw(st.sampled_from([3600.0]) | SECONDS),
+    )
+
+
+def _socket(endpoint: Endpoint) -> tuple[object, ...]:
+    """Listeners that would bind the same socket (unix and cunix share paths)."""
+    if endpoint.kind.is_path:
+        return ("path", endpoint.path)
+    return (endpoint.kind, endpoint.host, endpoint.port)
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> Config:
+    names = draw(st.lists(NAMES, unique=True, max_size=3))
+    listeners = draw(
+        st.lists(ANY_ENDPOINT, min_size=2 * len(names), max_size=2 * len(names), unique_by=_socket)
+    )
+    result = []
+    for index, name in enumerate(names):
+        count = draw(st.integers(1, 2))
+        result.append(draw(clusters(name, listeners[2 * index : 2 * index + count])))
+    return Config(clusters=result)
+
+
+@settings(max_examples=60, deadline=None)
+@given(configs())
+def test_dump_then_parse_gives_the_same_config(config: Config) -> None:
+    assert parse_config(dump_config(config)) == config
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_member_fields_from_a_member_build_it_again(data: st.DataObject) -> None:
+    member = data.draw(members(data.draw(NAMES)))
+    fields = {
+        key: str(value.value if hasattr(value, "value") else value)
+        for key, value in member.model_dump().items()
+        if value is not None
+    }
+    fields["protocol"] = fields["protocol"].upper()
+    fields["status"] = fields["status"].lower()
+    assert member_from_fields(fields) == member
+
+
+@given(st.integers())
+def test_integer_reads_its_decimal_form(number: int) -> None:
+    assert values.integer(str(number)) == number
+    assert values.integer(f" +{number} ".replace("+-", "-")) == number
+
+
+@given(st.text(alphabet=st.sampled_from("0129+- .x\u0663\u00b2"), max_size=6))
+def test_integer_accepts_only_ascii_decimal_numbers(text: str) -> None:
+    try:
+        number = values.integer(text)
+    except ValueError as exc:
+        assert str(exc) == f"must be an integer, got {text!r}"
+    else:
+        digits = text.strip().removeprefix("+").removeprefix("-")
+        assert digits.isascii() and digits.isdigit()
+        assert number == int(text)
+
+
+@given(SECONDS)
+def test_seconds_read_back_from_repr(number: float) -> None:
+    assert values.seconds(repr(number)) == number
+
+
+@given(st.one_of(IPV4, IPV6), st.none() | PORTS)
+def test_ip_address_with_port_accepts_every_literal(ip: str, port: int | None) -> None:
+    six = ipaddress.ip_address(ip).version == 6
+    text = ip if port is None else (f"[{ip}]:{port}" if six else f"{ip}:{port}")
+    assert values.ip_address_with_port(text) == text
+
+
+@given(st.text(max_size=20))
+def test_ip_address_rejects_whatever_ipaddress_rejects(text: str) -> None:
+    try:
+        ipaddress.ip_address(text.strip())
+        valid = True
+    except ValueError:
+        valid = False
+    try:
+        values.ip_address(text)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert accepted == valid
+
+
+@given(st.text(max_size=30))
+def test_member_from_fields_raises_only_config_error(address: str) -> None:
+    try:
+        member_from_fields({"name": "m", "protocol": "udp", "address": address})
+    except ConfigError as exc:
+        assert "\n" not in str(exc)

@@ -69,32 +69,41 @@ class Listener:
 
     async def _run_udp(self, task_status: trio.TaskStatus[None]) -> None:
         family = stdsocket.AF_INET6 if self.endpoint.kind is Kind.UDP6 else stdsocket.AF_INET
-        sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
+        # A plain non-blocking socket: on the hot path every datagram waiting is read
+        # per wake-up, and replies are sent without trio's per-call wrapping.
+        sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
         with sock:
+            sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, UDP_RCVBUF)
             host = self.endpoint.host
             if host == "*":
                 host = "::" if family == stdsocket.AF_INET6 else "0.0.0.0"
             try:
-                await sock.bind((host, self.endpoint.port))
+                sock.bind((host, self.endpoint.port))
             except OSError as exc:
                 raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
             async with trio.open_nursery() as requests:
                 with self._accept_scope:
                     task_status.started()
+                    recvfrom = sock.recvfrom
+                    serve = self._serve_datagram
+                    start = requests.start_soon
                     while True:
-                        try:
-                            data, addr = await sock.recvfrom(RECV_SIZE)
-                        except OSError:
-                            continue
-                        requests.start_soon(self._serve_datagram, sock, data, addr)
+                        await trio.lowlevel.wait_readable(sock)
+                        while True:
+                            try:
+                                data, addr = recvfrom(RECV_SIZE)
+                            except BlockingIOError:
+                                break
+                            except OSError:
+                                continue
+                            start(serve, sock, data, addr)
 
-    async def _serve_datagram(self, sock: trio.socket.SocketType, data: bytes, addr: Any) -> None:
+    async def _serve_datagram(self, sock: stdsocket.socket, data: bytes, addr: Any) -> None:
         reply = await self._on_datagram(data, addr)
         if reply is not None:
-            with contextlib.suppress(OSError):
-                await sock.sendto(reply, addr)
+            await send_datagram(sock, reply, addr)
 
     # --- streams ----------------------------------------------------------------------
 
@@ -193,6 +202,21 @@ class Listener:
                         await stream.send_all(reply.encode())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+
+
+async def send_datagram(sock: stdsocket.socket, data: bytes, addr: Any = None) -> None:
+    """Send on a non-blocking datagram socket, waiting only if its buffer is full."""
+    while True:
+        try:
+            if addr is None:
+                sock.send(data)
+            else:
+                sock.sendto(data, addr)
+            return
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+        except OSError:
+            return  # e.g. an ICMP error of an earlier datagram: nothing to do
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -19,6 +19,7 @@ import trio
 
 from rtpcluster.protocol import ProtocolError, ReplyAssembler, split_cookie
 from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.transport.listeners import UDP_RCVBUF, send_datagram
 
 RECV_SIZE = 65536
 MIN_RTO = 0.03
@@ -97,7 +98,7 @@ class _Waiter:
         self.reply: str | None = None
 
 
-def _bind_address(cmd_out: str | None, family: int) -> tuple[str, int] | None:
+def _bind_address(cmd_out: str | None) -> tuple[str, int] | None:
     if not cmd_out:
         return None
     host, port = cmd_out, 0
@@ -107,7 +108,6 @@ def _bind_address(cmd_out: str | None, family: int) -> tuple[str, int] | None:
     elif cmd_out.count(":") == 1:
         host, port_text = cmd_out.split(":")
         port = int(port_text)
-    del family
     return (host, port)
 
 
@@ -119,14 +119,14 @@ class UdpMemberClient:
         self.cmd_out_address = cmd_out_address
         self._est = _RttEstimator()
         self._waiters: dict[str, _Waiter] = {}
-        self._sock: trio.socket.SocketType | None = None
+        self._sock: stdsocket.socket | None = None
         self._ready = trio.Event()
 
     @property
     def rtt(self) -> float | None:
         return self._est.rtt
 
-    async def _open(self) -> trio.socket.SocketType:
+    async def _open(self) -> stdsocket.socket:
         family = stdsocket.AF_INET6 if self.endpoint.kind is Kind.UDP6 else stdsocket.AF_INET
         infos = await trio.socket.getaddrinfo(
             self.endpoint.host, self.endpoint.port, family, stdsocket.SOCK_DGRAM
@@ -134,11 +134,18 @@ class UdpMemberClient:
         if not infos:
             raise MemberUnavailable(f"cannot resolve {self.endpoint}")
         family, _, _, _, sockaddr = infos[0]
-        sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
-        bind = _bind_address(self.cmd_out_address, family)
-        if bind is not None:
-            await sock.bind(bind)
-        await sock.connect(sockaddr)
+        sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, UDP_RCVBUF)
+            bind = _bind_address(self.cmd_out_address)
+            if bind is not None:
+                sock.bind(bind)
+            sock.connect(sockaddr)
+        except OSError:
+            sock.close()
+            raise
         return sock
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -146,24 +153,29 @@ class UdpMemberClient:
         self._sock = sock
         self._ready.set()
         task_status.started()
+        waiters = self._waiters
+        recv = sock.recv
         try:
             while True:
-                try:
-                    data = await sock.recv(RECV_SIZE)
-                except (ConnectionRefusedError, OSError):
-                    # ICMP port unreachable: nobody listens; the waiters time out.
-                    continue
-                try:
-                    cookie, body = split_cookie(data)
-                except ProtocolError:
-                    continue
-                waiter = self._waiters.pop(cookie.decode("latin-1"), None)
-                if waiter is not None:
-                    waiter.reply = body.decode("utf-8", "replace")
-                    waiter.event.set()
+                await trio.lowlevel.wait_readable(sock)
+                while True:
+                    try:
+                        data = recv(RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        continue  # ICMP port unreachable: nobody listens; waiters time out
+                    try:
+                        cookie, body = split_cookie(data)
+                    except ProtocolError:
+                        continue
+                    waiter = waiters.pop(cookie.decode("latin-1"), None)
+                    if waiter is not None:
+                        waiter.reply = body.decode("utf-8", "replace")
+                        waiter.event.set()
         finally:
-            sock.close()
             self._sock = None
+            sock.close()
 
     async def request(self, command: str, timeout: float, lines: int = 1) -> str:
         del lines  # a datagram reply is always whole
@@ -183,11 +195,9 @@ class UdpMemberClient:
         sends = 0
         try:
             while True:
-                with contextlib.suppress(OSError):  # a pending ICMP error: retransmit covers it
-                    await sock.send(data)
+                await send_datagram(sock, data)
                 sends += 1
-                wait_until = min(deadline, trio.current_time() + rto)
-                with trio.move_on_at(wait_until):
+                with trio.move_on_at(min(deadline, trio.current_time() + rto)):
                     await waiter.event.wait()
                 if waiter.reply is not None:
                     if sends == 1:

@@ -1,0 +1,142 @@
+"""``rtpcluster serve`` as a daemon and in the foreground, with a real RTPproxy member."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rtpcluster.admin.client import send_command
+from rtpcluster.daemon import read_pid
+from tests.conftest import MemberFactory
+from tests.rtpproxies import free_port
+from tests.unit.test_daemon import gone, wait_until
+
+
+def config_xml(listen_port: int, members: list[tuple[str, str]]) -> str:
+    blocks = "".join(
+        f"""
+    <rtpproxy>
+      <name>{name}</name>
+      <protocol>udp</protocol>
+      <address>{address}</address>
+    </rtpproxy>"""
+        for name, address in members
+    )
+    return f"""<?xml version="1.0"?>
+<rtp_cluster_config>
+  <rtp_cluster>
+    <name>c1</name>
+    <protocol>udp</protocol>
+    <address>127.0.0.1:{listen_port}</address>
+    <heartbeat_interval>0.2</heartbeat_interval>
+    <offline_probe_interval>0.2</offline_probe_interval>{blocks}
+  </rtp_cluster>
+</rtp_cluster_config>
+"""
+
+
+def rtpcluster(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rtpcluster", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+class Files:
+    def __init__(self, tmp_path: Path) -> None:
+        self.config = tmp_path / "rtp_cluster.xml"
+        self.socket = tmp_path / "admin.sock"
+        self.pidfile = tmp_path / "rtp_cluster.pid"
+        self.logfile = tmp_path / "rtp_cluster.log"
+
+    def serve_args(self) -> list[str]:
+        return [
+            "serve",
+            "-c",
+            str(self.config),
+            "-s",
+            str(self.socket),
+            "-P",
+            str(self.pidfile),
+            "-L",
+            str(self.logfile),
+        ]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[Files]:
+    files = Files(tmp_path)
+    yield files
+    pid = read_pid(str(files.pidfile))
+    if pid is not None and not gone(pid):  # never leave a daemon behind
+        os.kill(pid, signal.SIGKILL)
+
+
+def ls(files: Files) -> str:
+    lines, ok = send_command(str(files.socket), "ls", 10.0)
+    assert ok, lines
+    return "\n".join(lines)
+
+
+def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path) -> None:
+    member = rtpproxy()
+    address = member.control.removeprefix("udp:")
+    files.config.write_text(config_xml(free_port(), [("m0", address)]))
+
+    started = rtpcluster(*files.serve_args())
+    assert started.returncode == 0, started.stderr
+    pid = read_pid(str(files.pidfile))
+    assert pid is not None and not gone(pid)
+    wait_until(lambda: "online members = 1 (1 active" in ls(files), "the member online")
+
+    # a second start is refused while the first runs
+    again = rtpcluster(*files.serve_args())
+    assert again.returncode == 1
+    assert f"already running as pid {pid}" in again.stderr
+
+    # SIGHUP reloads the edited file
+    files.config.write_text(config_xml(free_port(), [("m0", address), ("m1", address)]))
+    os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: "active members = 2" in ls(files), "the reload on SIGHUP")
+
+    # SIGUSR1 reopens the log after a rotation
+    rotated = tmp_path / "rtp_cluster.log.1"
+    files.logfile.rename(rotated)
+    os.kill(pid, signal.SIGUSR1)
+    wait_until(files.logfile.exists, "a new log file")
+    wait_until(lambda: "reopened" in files.logfile.read_text(), "a line in the new log")
+    assert "started" in rotated.read_text()
+
+    ctl = rtpcluster("ctl", "-s", str(files.socket), "ls", "c1")
+    assert ctl.returncode == 0
+    assert "        name = m1" in ctl.stdout
+
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not files.pidfile.exists(), "the pidfile to be removed")
+    wait_until(lambda: gone(pid), "the daemon to exit")
+    assert not files.socket.exists()
+    assert "rtpcluster stopped" in files.logfile.read_text()
+
+
+def test_daemon_that_cannot_bind_fails_the_start(files: Files) -> None:
+    files.config.write_text(config_xml(free_port(), []))
+    blocker = files.socket  # a regular file where the admin socket should go
+    blocker.write_text("not a socket")
+    started = rtpcluster(*files.serve_args())
+    assert started.returncode == 1
+    assert started.stderr.strip().endswith("exists and is not a socket")
+    wait_until(lambda: not files.pidfile.exists(), "the pidfile to be removed")
+
+
+def test_foreground_socket_failure_is_one_line(files: Files) -> None:
+    files.config.write_text(config_xml(free_port(), []))
+    files.socket.write_text("not a socket")
+    started = rtpcluster(*files.serve_args(), "--foreground")
+    assert started.returncode == 1
+    assert started.stderr.splitlines()[-1].endswith("exists and is not a socket")
+    assert "Traceback" not in started.stderr

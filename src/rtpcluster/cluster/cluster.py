@@ -25,7 +25,7 @@ from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
 from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
-from rtpcluster.transport.listeners import Listener
+from rtpcluster.transport.listeners import Listener, SendDatagram
 from rtpcluster.transport.member_client import make_client
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ class Cluster:
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._listeners_done = trio.Event()
+        self._stopping = False
+        self._idle = trio.Event()
+        self.inflight = 0  # commands received and not answered yet
         self._member_list: list[Member] = []
 
     @property
@@ -72,6 +75,7 @@ class Cluster:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self.router.nursery = nursery
                 for member_config in self.config.members:
                     await self._start_member(member_config)
                 await self._start_listeners(nursery)
@@ -94,36 +98,57 @@ class Cluster:
                     self._listeners_done.set()
 
         for endpoint in self.config.listen:
-            listener = Listener(endpoint, self.on_datagram, self.router.handle)
+            listener = Listener(endpoint, self.on_datagram, self.on_command)
             self.listeners.append(listener)
             await nursery.start(serve, listener)
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands, give those in flight ``grace`` seconds, then stop all."""
+        self._stopping = True
         for listener in self.listeners:
             listener.stop_accepting()
-        if self.listeners:
-            with trio.move_on_after(grace):
+        with trio.move_on_after(grace):
+            if self.listeners:
                 await self._listeners_done.wait()
+            if self.inflight:
+                await self._idle.wait()
         self._scope.cancel()
 
-    async def on_datagram(self, data: bytes, addr: Any) -> bytes | None:
-        """A UDP command: cookie, retransmit cache, then the Router."""
+    def on_datagram(self, data: bytes, addr: Any, send: SendDatagram) -> None:
+        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send."""
         try:
             cookie, body = split_cookie(data)
         except ProtocolError:
-            return None  # no cookie to answer with
+            return  # no cookie to answer with
         key = (cookie, addr)
-        known = self.reply_cache.begin(key)
+        cache = self.reply_cache
+        known = cache.begin(key)
         if known is not None:
-            return known or None  # cached reply, or silence while the first copy is worked on
+            if known:
+                send(known, addr)
+            return  # else the first copy is still being worked on: its reply answers both
+        self.inflight += 1
+
+        def respond(reply: str) -> None:
+            out = join_cookie(cookie, reply)
+            cache.finish(key, out)
+            self._done_one()
+            send(out, addr)
+
+        self.router.dispatch(body, respond)
+
+    async def on_command(self, data: bytes) -> str:
+        """A command from a stream listener (no cookie, no cache)."""
+        self.inflight += 1
         try:
-            reply = join_cookie(cookie, await self.router.handle(body))
-        except BaseException:
-            self.reply_cache.abandon(key)
-            raise
-        self.reply_cache.finish(key, reply)
-        return reply
+            return await self.router.handle(data)
+        finally:
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self._stopping:
+            self._idle.set()
 
     async def _upkeep(self) -> None:
         next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME

@@ -9,7 +9,13 @@ import trio
 from rtpcluster.config.models import MemberConfig, MemberStatus
 from rtpcluster.protocol import reply_lines
 from rtpcluster.protocol.command import Command
-from rtpcluster.transport.member_client import MemberClient, MemberError, make_client
+from rtpcluster.transport.member_client import (
+    MemberClient,
+    MemberError,
+    ReplyCallback,
+    UdpMemberClient,
+    make_client,
+)
 
 # Consecutive failed commands or heartbeats after which a member is taken offline.
 OFFLINE_AFTER_FAILURES = 2
@@ -68,6 +74,17 @@ class Member:
         return self.online and self.status is MemberStatus.ACTIVE and not self.removed
 
     # --- talking to it ----------------------------------------------------------------------
+
+    @property
+    def can_submit(self) -> bool:
+        """True when commands can go out without a task (a UDP member)."""
+        return isinstance(self.client, UdpMemberClient)
+
+    def submit(self, command: Command, timeout: float, callback: ReplyCallback) -> None:
+        """Send without waiting; the caller's callback counts success or failure."""
+        client = self.client
+        assert isinstance(client, UdpMemberClient)
+        client.submit(command.serialize(), timeout, callback)
 
     async def send(self, command: Command | str, timeout: float) -> str:
         """Send a command; count the outcome towards the member's health."""

@@ -62,6 +62,7 @@ class Router:
         self.config = config
         self._members = members
         self.sessions = sessions
+        self.nursery: trio.Nursery | None = None  # for commands that need a task
 
     @property
     def timeout(self) -> float:
@@ -78,6 +79,103 @@ class Router:
             cmd = parse_command(data)
         except ProtocolError as exc:
             return _error(exc.code)
+        return await self.handle_command(cmd)
+
+    def dispatch(self, data: bytes, respond: Callable[[str], None]) -> None:
+        """Answer one command through ``respond``, now or later; never raises.
+
+        The common cases (a command for a call on an online UDP member, a new call, ``V``,
+        ``I``) are served without a task: the member's reply comes back through a callback.
+        Everything else runs as a task in :attr:`nursery`.
+        """
+        try:
+            cmd = parse_command(data)
+        except ProtocolError as exc:
+            respond(_error(exc.code))
+            return
+        if self._try_fast(cmd, respond):
+            return
+        assert self.nursery is not None, "Router.nursery is set by the running cluster"
+        self.nursery.start_soon(self._respond_later, cmd, respond)
+
+    async def _respond_later(self, cmd: Command, respond: Callable[[str], None]) -> None:
+        respond(await self.handle_command(cmd))
+
+    def _try_fast(self, cmd: Command, respond: Callable[[str], None]) -> bool:
+        op = cmd.op
+        if cmd.is_session_command:
+            call_id = cmd.call_id
+            assert call_id is not None
+            owner = self.sessions.get(call_id)
+            if owner is None:
+                if op == "U" and cmd.to_tag is None:
+                    return self._fast_new_session(cmd, respond)
+                return False
+            if not owner.online or owner.removed or not owner.can_submit:
+                return False
+            self._fast_forward(owner, cmd, respond)
+            return True
+        if op == "V" and not cmd.is_vf and not cmd.modifiers:
+            respond(PROTOCOL_VERSION + "\n")
+            return True
+        if op == "I":
+            respond(self._info(cmd))
+            return True
+        return False
+
+    def _fast_forward(self, member: Member, cmd: Command, respond: Callable[[str], None]) -> None:
+        sent = self._prepare(member, cmd)
+
+        def done(reply: str | None) -> None:
+            if reply is not None:
+                member.failures = 0
+                respond(self._finish(member, cmd, reply))
+                return
+            member.note_failure()
+            if cmd.op == "D":
+                member.defer(sent.serialize(), trio.current_time())
+                respond("0\n")
+            else:
+                respond(_error(E_MEMBER_TIMEOUT))
+
+        member.submit(sent, self.timeout, done)
+
+    def _fast_new_session(self, cmd: Command, respond: Callable[[str], None]) -> bool:
+        members = self._members()
+        member = balancer.pick(members, self.config.capacity_limit == "hard")
+        if member is None or not member.can_submit:
+            return False  # the slow path gives the right error
+        call_id = cmd.call_id
+        assert call_id is not None
+        sent = self._prepare(member, cmd)
+        member.placed_since_report += 1
+
+        def done(reply: str | None) -> None:
+            if reply is None:
+                member.placed_since_report -= 1
+                member.note_failure()
+                assert self.nursery is not None
+                self.nursery.start_soon(self._retry_new_session, cmd, member, respond)
+                return
+            member.failures = 0
+            if is_positive("U", reply):
+                self.sessions.bind(call_id, member)
+            else:
+                member.placed_since_report -= 1
+            respond(self._finish(member, cmd, reply))
+
+        member.submit(sent, self.new_session_budget, done)
+        return True
+
+    async def _retry_new_session(
+        self, cmd: Command, silent: Member, respond: Callable[[str], None]
+    ) -> None:
+        if cmd.from_tag is not None:
+            silent.defer(f"D {cmd.call_id} {cmd.from_tag}", trio.current_time())
+        respond(await self._new_session(cmd, [silent]))
+
+    async def handle_command(self, cmd: Command) -> str:
+        """Answer one parsed command; never raises for anything a client sent."""
         try:
             if cmd.is_session_command:
                 return await self._session_command(cmd)
@@ -128,13 +226,13 @@ class Router:
             return _error(E_MEMBER_TIMEOUT)
         return self._finish(member, cmd, reply)
 
-    async def _new_session(self, cmd: Command) -> str:
+    async def _new_session(self, cmd: Command, tried: list[Member] | None = None) -> str:
         call_id = cmd.call_id
         assert call_id is not None
         members = self._members()
         if not any(m.online for m in members):
             return _error(E_NO_MEMBER)
-        tried: list[Member] = []
+        tried = tried or []
         hard = self.config.capacity_limit == "hard"
         while True:
             member = balancer.pick(members, hard, tried)

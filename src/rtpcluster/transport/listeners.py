@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 UDP_RCVBUF = 4 * 1024 * 1024
 RECV_SIZE = 65536
 
-# (datagram, source address) -> whole reply datagram, or None to stay silent
-DatagramHandler = Callable[[bytes, Any], Awaitable[bytes | None]]
+# A reply datagram and the address to send it to.
+SendDatagram = Callable[[bytes, Any], None]
+# (datagram, source address, send): called synchronously for every datagram; it answers
+# through ``send`` (now or later) or not at all, and starts tasks of its own if it must.
+DatagramHandler = Callable[[bytes, Any, SendDatagram], None]
 # command text -> reply text (ending with a newline)
 StreamHandler = Callable[[bytes], Awaitable[str]]
 
@@ -83,27 +86,28 @@ class Listener:
                 sock.bind((host, self.endpoint.port))
             except OSError as exc:
                 raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
-            async with trio.open_nursery() as requests:
-                with self._accept_scope:
-                    task_status.started()
-                    recvfrom = sock.recvfrom
-                    serve = self._serve_datagram
-                    start = requests.start_soon
-                    while True:
-                        await trio.lowlevel.wait_readable(sock)
-                        while True:
-                            try:
-                                data, addr = recvfrom(RECV_SIZE)
-                            except BlockingIOError:
-                                break
-                            except OSError:
-                                continue
-                            start(serve, sock, data, addr)
+            with self._accept_scope:
+                task_status.started()
+                recvfrom = sock.recvfrom
+                handle = self._on_datagram
 
-    async def _serve_datagram(self, sock: stdsocket.socket, data: bytes, addr: Any) -> None:
-        reply = await self._on_datagram(data, addr)
-        if reply is not None:
-            await send_datagram(sock, reply, addr)
+                def send(reply: bytes, addr: Any) -> None:
+                    with contextlib.suppress(OSError):  # full buffer: the client retransmits
+                        sock.sendto(reply, addr)
+
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    while True:
+                        try:
+                            data, addr = recvfrom(RECV_SIZE)
+                        except BlockingIOError:
+                            break
+                        except OSError:
+                            continue
+                        try:
+                            handle(data, addr, send)
+                        except Exception:
+                            log.exception("%s: datagram handler failed", self.endpoint)
 
     # --- streams ----------------------------------------------------------------------
 
@@ -202,21 +206,6 @@ class Listener:
                         await stream.send_all(reply.encode())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
-
-
-async def send_datagram(sock: stdsocket.socket, data: bytes, addr: Any = None) -> None:
-    """Send on a non-blocking datagram socket, waiting only if its buffer is full."""
-    while True:
-        try:
-            if addr is None:
-                sock.send(data)
-            else:
-                sock.sendto(data, addr)
-            return
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-        except OSError:
-            return  # e.g. an ICMP error of an earlier datagram: nothing to do
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -13,16 +13,18 @@ import itertools
 import os
 import socket as stdsocket
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
 
 from rtpcluster.protocol import ProtocolError, ReplyAssembler, split_cookie
 from rtpcluster.transport.endpoint import Endpoint, Kind
-from rtpcluster.transport.listeners import UDP_RCVBUF, send_datagram
+from rtpcluster.transport.listeners import UDP_RCVBUF
 
 RECV_SIZE = 65536
 MIN_RTO = 0.03
+TIMER_TICK = 0.01  # resolution of retransmits and deadlines
 MAX_RTO = 0.25
 
 
@@ -111,14 +113,42 @@ def _bind_address(cmd_out: str | None) -> tuple[str, int] | None:
     return (host, port)
 
 
+ReplyCallback = Callable[[str | None], None]
+
+
+class _Pending:
+    """One command to a UDP member: its datagram, deadline and who wants the reply."""
+
+    __slots__ = ("callback", "data", "deadline", "next_send", "rto", "sends", "start")
+
+    def __init__(self, data: bytes, start: float, deadline: float, rto: float) -> None:
+        self.data = data
+        self.start = start
+        self.deadline = deadline
+        self.rto = rto
+        self.next_send = min(deadline, start + rto)
+        self.sends = 1
+        self.callback: ReplyCallback = _ignore
+
+
+def _ignore(reply: str | None) -> None:
+    del reply
+
+
 class UdpMemberClient:
-    """UDP member: one socket, our own cookies, retransmits inside one deadline."""
+    """UDP member: one socket, our own cookies, retransmits inside one deadline.
+
+    The hot path is callback based: :meth:`submit` sends at once and the reply (or
+    ``None`` at the deadline) is handed to a callback from the receive loop, so a command
+    costs no task, event or cancel scope. One timer task retransmits and expires.
+    """
 
     def __init__(self, endpoint: Endpoint, cmd_out_address: str | None = None) -> None:
         self.endpoint = endpoint
         self.cmd_out_address = cmd_out_address
         self._est = _RttEstimator()
-        self._waiters: dict[str, _Waiter] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._work = trio.Event()  # set when the first command becomes pending
         self._sock: stdsocket.socket | None = None
         self._ready = trio.Event()
 
@@ -152,62 +182,104 @@ class UdpMemberClient:
         sock = await self._open()
         self._sock = sock
         self._ready.set()
-        task_status.started()
-        waiters = self._waiters
-        recv = sock.recv
         try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                while True:
-                    try:
-                        data = recv(RECV_SIZE)
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        continue  # ICMP port unreachable: nobody listens; waiters time out
-                    try:
-                        cookie, body = split_cookie(data)
-                    except ProtocolError:
-                        continue
-                    waiter = waiters.pop(cookie.decode("latin-1"), None)
-                    if waiter is not None:
-                        waiter.reply = body.decode("utf-8", "replace")
-                        waiter.event.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._retransmit_loop)
+                task_status.started()
+                await self._receive_loop(sock)
         finally:
             self._sock = None
             sock.close()
+            self._expire_all()
+
+    async def _receive_loop(self, sock: stdsocket.socket) -> None:
+        pending = self._pending
+        recv = sock.recv
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    data = recv(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue  # ICMP port unreachable: nobody listens; the deadline expires it
+                try:
+                    cookie, body = split_cookie(data)
+                except ProtocolError:
+                    continue
+                entry = pending.pop(cookie.decode("latin-1"), None)
+                if entry is None:
+                    continue  # a late answer to a retransmit or an expired command
+                if entry.sends == 1:
+                    self._est.sample(trio.current_time() - entry.start)
+                entry.callback(body.decode("utf-8", "replace"))
+
+    async def _retransmit_loop(self) -> None:
+        """Every TIMER_TICK while commands are pending: retransmit or expire them.
+
+        A scan of the pending commands per tick costs less than a timer per command:
+        most commands are answered long before their first retransmit is due.
+        """
+        while True:
+            if not self._pending:
+                self._work = trio.Event()
+                await self._work.wait()
+            await trio.sleep(TIMER_TICK)
+            now = trio.current_time()
+            expired: list[_Pending] = []
+            for cookie, entry in list(self._pending.items()):
+                if entry.next_send > now:
+                    continue
+                if now >= entry.deadline:
+                    del self._pending[cookie]
+                    expired.append(entry)
+                    continue
+                self._send(entry.data)
+                entry.sends += 1
+                entry.rto = min(entry.rto * 2, MAX_RTO * 2)
+                entry.next_send = min(entry.deadline, now + entry.rto)
+            for entry in expired:
+                entry.callback(None)
+
+    def _send(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # a full buffer or an ICMP error: retransmit
+                sock.send(data)
+
+    def _expire_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            entry.callback(None)
+
+    def submit(self, command: str, timeout: float, callback: ReplyCallback) -> None:
+        """Send now; ``callback(reply)`` later, or ``callback(None)`` at the deadline."""
+        cookie = new_cookie()
+        now = trio.current_time()
+        rto = self._est.rto()
+        entry = _Pending(f"{cookie} {command}".encode(), now, now + timeout, rto)
+        entry.callback = callback
+        if not self._pending:
+            self._work.set()
+        self._pending[cookie] = entry
+        self._send(entry.data)  # not open yet: nothing is sent and the deadline expires it
 
     async def request(self, command: str, timeout: float, lines: int = 1) -> str:
         del lines  # a datagram reply is always whole
-        if self._sock is None:
-            with trio.move_on_after(timeout):
-                await self._ready.wait()
-            if self._sock is None:
-                raise MemberUnavailable(f"no socket to {self.endpoint}")
-        sock = self._sock
-        cookie = new_cookie()
-        waiter = _Waiter()
-        self._waiters[cookie] = waiter
-        data = f"{cookie} {command}".encode()
-        start = trio.current_time()
-        deadline = start + timeout
-        rto = self._est.rto()
-        sends = 0
-        try:
-            while True:
-                await send_datagram(sock, data)
-                sends += 1
-                with trio.move_on_at(min(deadline, trio.current_time() + rto)):
-                    await waiter.event.wait()
-                if waiter.reply is not None:
-                    if sends == 1:
-                        self._est.sample(trio.current_time() - start)
-                    return waiter.reply
-                if trio.current_time() >= deadline:
-                    raise MemberTimeout(f"{self.endpoint}: no reply in {timeout:.3f} s")
-                rto = min(rto * 2, MAX_RTO * 2)
-        finally:
-            self._waiters.pop(cookie, None)
+        done = trio.Event()
+        result: list[str | None] = []
+
+        def deliver(reply: str | None) -> None:
+            result.append(reply)
+            done.set()
+
+        self.submit(command, timeout, deliver)
+        await done.wait()
+        reply = result[0]
+        if reply is None:
+            raise MemberTimeout(f"{self.endpoint}: no reply in {timeout:.3f} s")
+        return reply
 
     def close(self) -> None:
         if self._sock is not None:

@@ -70,7 +70,8 @@ async def live_service(tmp_path: Path, config: Config) -> AsyncIterator[tuple[Se
 
 
 def member_fields(name: str, proxy: RtpProxy) -> str:
-    return f"name={name},protocol={proxy.kind},address={proxy.address},capacity=100,weight=10"
+    """A ``modify add`` list; the same weight as the harness members, for an even spread."""
+    return f"name={name},protocol={proxy.kind},address={proxy.address},capacity=4000,weight=100"
 
 
 async def test_ls_in_every_form(rtpproxy: MemberFactory, tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ async def test_add_suspend_resume_steer_new_calls(rtpproxy: MemberFactory, tmp_p
 
         assert await admin.ok("MODIFY c1 RESUME m0") == []
         owners = set()
-        for n in range(40):
+        for n in range(40):  # equal weights: one member getting all 40 is ~1e-12 likely
             offer = await client.command(f"U r{n} 127.0.0.1 4000 f")
             owners.add(owner_of(offer, [first, second]).control)
         assert owners == {first.control, second.control}

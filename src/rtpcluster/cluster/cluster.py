@@ -56,7 +56,6 @@ class Cluster:
         self.listeners: list[Listener] = []
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._listeners_done = trio.Event()
         self._stopping = False
         self._idle = trio.Event()
         self.inflight = 0  # commands received and not answered yet
@@ -86,31 +85,18 @@ class Cluster:
                 task_status.started()
 
     async def _start_listeners(self, nursery: trio.Nursery) -> None:
-        remaining = len(self.config.listen)
-
-        async def serve(listener: Listener, task_status: trio.TaskStatus[None]) -> None:
-            nonlocal remaining
-            try:
-                await listener.run(task_status=task_status)
-            finally:
-                remaining -= 1
-                if remaining == 0:
-                    self._listeners_done.set()
-
         for endpoint in self.config.listen:
             listener = Listener(endpoint, self.on_datagram, self.on_command)
             self.listeners.append(listener)
-            await nursery.start(serve, listener)
+            await nursery.start(listener.run)
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands, give those in flight ``grace`` seconds, then stop all."""
         self._stopping = True
         for listener in self.listeners:
             listener.stop_accepting()
-        with trio.move_on_after(grace):
-            if self.listeners:
-                await self._listeners_done.wait()
-            if self.inflight:
+        if self.inflight:
+            with trio.move_on_after(grace):
                 await self._idle.wait()
         self._scope.cancel()
 

@@ -108,6 +108,9 @@ class Listener:
                             handle(data, addr, send)
                         except Exception:
                             log.exception("%s: datagram handler failed", self.endpoint)
+            # Stopped accepting: keep the socket for the replies still to come, until the
+            # owner cancels us.
+            await trio.sleep_forever()
 
     # --- streams ----------------------------------------------------------------------
 

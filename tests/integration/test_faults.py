@@ -167,3 +167,54 @@ async def test_retransmits_are_answered_from_cache_and_reach_the_member_once(
         assert await client.receive() == b"twice 0\n"
         assert await client.command("V") == "20040107\n"  # and nothing else was queued
         client.close()
+
+
+async def test_calls_on_healthy_members_never_fail_while_one_hangs_under_load(
+    rtpproxy: MemberFactory,
+) -> None:
+    members = [rtpproxy(), rtpproxy(), rtpproxy()]
+    victim = members[0]
+    listen = f"udp:127.0.0.1:{free_port()}"
+    failures: list[str] = []
+    on_victim = 0
+    completed = 0
+    hung = trio.Event()
+
+    async def worker(index: int, client: UdpControlClient) -> None:
+        nonlocal on_victim, completed
+        for n in range(60):
+            call = f"load{index}-{n}"
+            offer = await client.command(f"U {call} 127.0.0.1 4000 f", timeout=3)
+            if offer.startswith("E"):
+                failures.append(f"new call {call}: {offer!r}")
+                continue
+            owner = owner_of(offer, members)
+            if owner is victim:
+                on_victim += 1
+                continue  # calls on the hung member may fail: not counted
+            for command in (f"L {call} 127.0.0.1 4002 f t", f"U {call} 127.0.0.1 4000 f t"):
+                reply = await client.command(command, timeout=3)
+                if reply.startswith("E") or owner_of(reply, members) is not owner:
+                    failures.append(f"{command}: {reply!r}")
+            reply = await client.command(f"D {call} f t", timeout=3)
+            if reply != "0\n":
+                failures.append(f"D {call}: {reply!r}")
+            completed += 1
+            if n == 10 and index == 0:
+                victim.hang()
+                hung.set()
+
+    async with running_service(cluster_config(members, [listen])) as service:
+        clients = [UdpControlClient(listen) for _ in range(8)]
+        try:
+            async with trio.open_nursery() as nursery:
+                for index, client in enumerate(clients):
+                    nursery.start_soon(worker, index, client)
+            assert hung.is_set()
+            assert not service.running["c1"].members["m0"].online
+        finally:
+            victim.unhang()
+            for client in clients:
+                client.close()
+    assert failures == []
+    assert completed > 300

@@ -1,0 +1,1 @@
+"""End-to-end tests: Kamailio and sipp through rtpcluster (nox -s e2e)."""

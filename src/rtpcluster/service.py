@@ -50,6 +50,7 @@ class Service:
         self._next_index = 0
         self.stopped = trio.Event()
         self._reload_lock = trio.Lock()
+        self._leaving: set[str] = set()  # clusters being destroyed
 
     # --- the tree -----------------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class Service:
 
     async def destroy_cluster(self, name: str) -> None:
         cluster = self._cluster(name)
+        self._leaving.add(name)
         for member in list(cluster.members):
             cluster.remove_member(member, None)
         if self._nursery is not None:
@@ -175,10 +177,16 @@ class Service:
         while cluster.members:
             await trio.sleep(0.5)
         await cluster.stop(self.options.stop_grace)
+        self._leaving.discard(cluster.name)
         log.info("destroyed cluster %s", cluster.name)
 
     def running_config(self) -> Config:
-        return Config(clusters=[c.config for c in self.running.values()])
+        """What runs now and stays: draining members and clusters being destroyed left out."""
+        return Config(
+            clusters=[
+                c.lasting_config() for c in self.running.values() if c.name not in self._leaving
+            ]
+        )
 
     async def reload(self, dry_run: bool = False) -> ReloadPlan:
         try:

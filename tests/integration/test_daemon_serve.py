@@ -86,7 +86,8 @@ def ls(files: Files) -> str:
 def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path) -> None:
     member = rtpproxy()
     address = member.control.removeprefix("udp:")
-    files.config.write_text(config_xml(free_port(), [("m0", address)]))
+    port = free_port()
+    files.config.write_text(config_xml(port, [("m0", address)]))
 
     started = rtpcluster(*files.serve_args())
     assert started.returncode == 0, started.stderr
@@ -100,7 +101,7 @@ def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path)
     assert f"already running as pid {pid}" in again.stderr
 
     # SIGHUP reloads the edited file
-    files.config.write_text(config_xml(free_port(), [("m0", address), ("m1", address)]))
+    files.config.write_text(config_xml(port, [("m0", address), ("m1", address)]))
     os.kill(pid, signal.SIGHUP)
     wait_until(lambda: "active members = 2" in ls(files), "the reload on SIGHUP")
 

@@ -253,6 +253,7 @@ class Cluster:
             self._remove_now(name)
             return
         self._set_status(member, MemberStatus.DRAINING)
+        member.leaving = True
         if timeout is not None:
             member.drain_deadline = trio.current_time() + timeout
         member.zero_heartbeats = 0
@@ -260,6 +261,7 @@ class Cluster:
     def set_status(self, name: str, status: MemberStatus) -> None:
         member = self.member(name)
         member.drain_deadline = None
+        member.leaving = False
         self._set_status(member, status)
 
     def _set_status(self, member: Member, status: MemberStatus) -> None:
@@ -276,6 +278,7 @@ class Cluster:
         member.config = config
         member.status = config.status
         member.drain_deadline = None
+        member.leaving = False
         members = [config if m.name == config.name else m for m in self.config.members]
         self.config = self.config.model_copy(update={"members": members})
         self.router.config = self.config
@@ -299,6 +302,11 @@ class Cluster:
         self.config = config.model_copy(update=keep)
         self.router.config = self.config
         self.sessions.idle_timeout = self.config.session_idle_timeout
+
+    def lasting_config(self) -> ClusterConfig:
+        """The configuration without the members on their way out (what ``save`` writes)."""
+        members = [m for m in self.config.members if not self.members[m.name].leaving]
+        return self.config.model_copy(update={"members": members})
 
     # --- reporting -------------------------------------------------------------------------
 

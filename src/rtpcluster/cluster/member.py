@@ -33,6 +33,7 @@ class Member:
         self.status: MemberStatus = config.status
         self.online = False
         self.removed = False
+        self.leaving = False  # being drained out of the cluster (modify ... delete)
         self.reported_sessions = 0  # "active sessions" of the last heartbeat
         self.placed_since_report = 0  # new sessions we placed since that heartbeat
         self.info: dict[str, int | float] = {}  # last Ib reply

@@ -1,0 +1,70 @@
+"""A small blocking admin client, as ``rtpcluster ctl`` uses it.
+
+It speaks like the original client: send ``<command>\\nquit\\n``, read until the server
+closes, and judge the reply by its last line.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from rtpcluster.admin.server import AdminSocketError, parse_admin_spec
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class AdminConnectError(Exception):
+    """The admin socket could not be reached; the message names it."""
+
+
+class AdminTimeoutError(Exception):
+    """The server did not finish its reply in time."""
+
+
+def _connect(spec: str, timeout: float) -> socket.socket:
+    try:
+        endpoint = parse_admin_spec(spec)
+    except AdminSocketError as err:
+        raise AdminConnectError(str(err)) from None
+    try:
+        if endpoint.kind.is_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(endpoint.path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(endpoint.sockaddr, timeout=timeout)
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise AdminConnectError(f"cannot connect to admin socket {spec}: {reason}") from None
+
+
+def send_command(spec: str, line: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[list[str], bool]:
+    """Send one command line; return the reply lines and whether the last one is ``OK``.
+
+    ``timeout`` bounds the whole exchange, not each read.
+    """
+    deadline = time.monotonic() + timeout
+    sock = _connect(spec, timeout)
+    chunks: list[bytes] = []
+    with sock:
+        try:
+            sock.sendall(line.strip().encode() + b"\nquit\n")
+            while True:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        except TimeoutError:
+            raise AdminTimeoutError(
+                f"admin socket {spec}: no complete reply within {timeout:g} s"
+            ) from None
+        except OSError as err:
+            raise AdminConnectError(f"admin socket {spec}: {err.strerror or err}") from None
+    lines = b"".join(chunks).decode("utf-8", errors="replace").splitlines()
+    return lines, bool(lines) and lines[-1] == "OK"

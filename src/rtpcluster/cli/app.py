@@ -1,0 +1,305 @@
+"""The ``rtpcluster`` command: ``serve`` runs the service, ``ctl`` talks to its admin socket.
+
+Thin on purpose: flags are parsed here and handed to the service, the daemon helpers and
+the admin client. Exit codes: 0 success; 1 refused (an ``ERROR`` reply, already running,
+a socket that cannot be bound); 2 bad configuration or an unreachable admin socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from rtpcluster.admin.client import (
+    DEFAULT_TIMEOUT,
+    AdminConnectError,
+    AdminTimeoutError,
+    send_command,
+)
+from rtpcluster.admin.server import (
+    DEFAULT_ADMIN_SOCKET,
+    AdminSocketError,
+    parse_admin_spec,
+    parse_owner,
+)
+from rtpcluster.daemon import DEFAULT_LOGFILE, DEFAULT_PIDFILE, Daemon, DaemonError
+
+if TYPE_CHECKING:
+    from rtpcluster.config import Config
+    from rtpcluster.service import ServeOptions
+
+DEFAULT_CONFIG = "/usr/local/etc/rtp_cluster.xml"
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+app = typer.Typer(
+    name="rtpcluster",
+    help="Load balancer for RTPproxy media relays.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+ctl_app = typer.Typer(
+    help="Send a command to a running rtpcluster's admin socket.", no_args_is_help=True
+)
+app.add_typer(ctl_app, name="ctl")
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"rtpcluster: {message}", err=True)
+    raise typer.Exit(code)
+
+
+# --- serve ------------------------------------------------------------------------
+
+
+def _load(path: str) -> Config:
+    from rtpcluster.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        _fail(str(err), EXIT_BAD_INPUT)
+    except OSError as err:
+        _fail(f"{path}: {err.strerror or err}", EXIT_BAD_INPUT)
+
+
+def _absolute_admin_spec(spec: str) -> str:
+    """A unix admin socket as an absolute path (the daemon runs from ``/``)."""
+    endpoint = parse_admin_spec(spec)
+    return os.path.abspath(endpoint.path) if endpoint.kind.is_path else spec
+
+
+def _startup_failure(error: BaseException) -> str | None:
+    """The one-line reason of an expected startup failure, looking into exception groups."""
+    from rtpcluster.config import ConfigError
+
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _startup_failure(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(error, AdminSocketError | ConfigError | DaemonError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"
+    return None
+
+
+def _run_foreground(config: Config, options: ServeOptions, level: LogLevel) -> None:
+    import trio
+
+    from rtpcluster.service import run_service
+
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        trio.run(run_service, config, options)
+    except (Exception, BaseExceptionGroup) as err:
+        reason = _startup_failure(err)
+        if reason is None:
+            raise
+        _fail(reason, EXIT_REFUSED)
+
+
+def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: LogLevel) -> None:
+    import trio
+
+    from rtpcluster.service import run_service
+
+    try:
+        daemon.check_startable()
+    except DaemonError as err:
+        _fail(str(err), EXIT_REFUSED)
+    daemon.detach()  # only the detached process comes back
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    log = logging.getLogger("rtpcluster")
+    options.reopen_log = daemon.reopen_log
+
+    async def serve() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_service, config, options)
+            log.info("rtpcluster started, pid %d", os.getpid())
+            daemon.ready()
+
+    try:
+        trio.run(serve)
+    except BaseException as err:
+        reason = _startup_failure(err) or f"{type(err).__name__}: {err}"
+        daemon.fail(reason)
+        log.error("rtpcluster stopped: %s", reason, exc_info=_startup_failure(err) is None)
+        raise typer.Exit(EXIT_REFUSED) from None
+    finally:
+        daemon.cleanup()
+    log.info("rtpcluster stopped")
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="XML configuration file")
+    ] = DEFAULT_CONFIG,
+    admin_socket: Annotated[
+        str,
+        typer.Option("--admin-socket", "-s", help="admin socket: a unix path or tcp:HOST:PORT"),
+    ] = DEFAULT_ADMIN_SOCKET,
+    owner: Annotated[
+        str | None, typer.Option("--owner", "-o", help="owner of the admin socket, user:group")
+    ] = None,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", "-f", help="stay in the foreground, log to stderr")
+    ] = False,
+    pidfile: Annotated[
+        str, typer.Option("--pidfile", "-p", "-P", help="pidfile (daemon mode)")
+    ] = DEFAULT_PIDFILE,
+    logfile: Annotated[
+        str, typer.Option("--logfile", "-L", help="log file (daemon mode)")
+    ] = DEFAULT_LOGFILE,
+    check: Annotated[
+        bool, typer.Option("--check", "-d", help="check the configuration and exit")
+    ] = False,
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", case_sensitive=False, help="logging threshold")
+    ] = LogLevel.INFO,
+) -> None:
+    """Run the cluster service (a daemon unless --foreground)."""
+    cfg = _load(config)
+    if check:
+        from rtpcluster.config import summary
+
+        typer.echo(summary(cfg), nl=False)
+        return
+    try:
+        spec = _absolute_admin_spec(admin_socket)
+        if owner:
+            parse_owner(owner)
+    except AdminSocketError as err:
+        _fail(str(err), EXIT_BAD_INPUT)
+
+    from rtpcluster.service import ServeOptions
+
+    options = ServeOptions(
+        config_path=os.path.abspath(config), admin_socket=spec, admin_owner=owner or None
+    )
+    if foreground:
+        _run_foreground(cfg, options, log_level)
+    else:
+        daemon = Daemon(pidfile=os.path.abspath(pidfile), logfile=os.path.abspath(logfile))
+        _run_daemon(cfg, options, daemon, log_level)
+
+
+# --- ctl --------------------------------------------------------------------------
+
+
+class _CtlTarget:
+    def __init__(self, socket: str, timeout: float) -> None:
+        self.socket = socket
+        self.timeout = timeout
+
+
+@ctl_app.callback()
+def ctl(
+    ctx: typer.Context,
+    socket: Annotated[
+        str,
+        typer.Option("--socket", "-s", "--admin-socket", help="admin socket of the service"),
+    ] = DEFAULT_ADMIN_SOCKET,
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", help="seconds to wait for the whole reply")
+    ] = DEFAULT_TIMEOUT,
+) -> None:
+    ctx.obj = _CtlTarget(socket, timeout)
+
+
+def _send(ctx: typer.Context, *words: str) -> NoReturn:
+    """Send one command line, print the reply, exit 0 on OK and 1 on ERROR."""
+    target: _CtlTarget = ctx.obj
+    line = " ".join(word for word in words if word)
+    try:
+        lines, ok = send_command(target.socket, line, target.timeout)
+    except (AdminConnectError, AdminTimeoutError) as err:
+        _fail(str(err), EXIT_BAD_INPUT)
+    for reply_line in lines:
+        typer.echo(reply_line)
+    raise typer.Exit(0 if ok else EXIT_REFUSED)
+
+
+@ctl_app.command("ls")
+def ctl_ls(
+    ctx: typer.Context,
+    cluster: Annotated[str | None, typer.Argument(help="cluster name")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
+) -> None:
+    """List the clusters, or the members of one cluster."""
+    _send(ctx, "ls", cluster or "", "--json" if as_json else "")
+
+
+@ctl_app.command("modify")
+def ctl_modify(
+    ctx: typer.Context,
+    cluster: Annotated[str, typer.Argument(help="cluster name")],
+    action: Annotated[str, typer.Argument(help="add, delete/remove, suspend/pause, resume")],
+    args: Annotated[list[str] | None, typer.Argument(help="member name or k=v,k=v")] = None,
+) -> None:
+    """Add, remove, suspend or resume a member."""
+    _send(ctx, "modify", cluster, action, *(args or []))
+
+
+@ctl_app.command("create")
+def ctl_create(
+    ctx: typer.Context,
+    cluster: Annotated[str, typer.Argument(help="name of the new cluster")],
+    fields: Annotated[list[str], typer.Argument(help="address=KIND:ADDR[,capacity_limit=..]")],
+) -> None:
+    """Create a cluster."""
+    _send(ctx, "create", cluster, *fields)
+
+
+@ctl_app.command("destroy")
+def ctl_destroy(
+    ctx: typer.Context, cluster: Annotated[str, typer.Argument(help="cluster name")]
+) -> None:
+    """Drain and remove a cluster."""
+    _send(ctx, "destroy", cluster)
+
+
+@ctl_app.command("reload")
+def ctl_reload(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would change")] = False,
+) -> None:
+    """Re-read the configuration file and apply it."""
+    _send(ctx, "reload", "--dry-run" if dry_run else "")
+
+
+@ctl_app.command("save")
+def ctl_save(
+    ctx: typer.Context,
+    path: Annotated[str | None, typer.Argument(help="file (default: the config file)")] = None,
+) -> None:
+    """Write the running configuration to a file."""
+    _send(ctx, "save", path or "")
+
+
+@ctl_app.command("raw")
+def ctl_raw(
+    ctx: typer.Context, line: Annotated[str, typer.Argument(help="a whole admin command line")]
+) -> None:
+    """Send any admin command line as it is."""
+    _send(ctx, line)
+
+
+def main() -> None:
+    app(prog_name="rtpcluster")

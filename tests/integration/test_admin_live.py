@@ -54,7 +54,9 @@ class Admin:
 
 
 @asynccontextmanager
-async def live_service(tmp_path: Path, config: Config) -> AsyncIterator[tuple[Service, Admin]]:
+async def live_service(
+    tmp_path: Path, config: Config, online: int | None = None
+) -> AsyncIterator[tuple[Service, Admin]]:
     config_path = tmp_path / "rtp_cluster.xml"
     save_config(config, config_path)
     socket_path = str(tmp_path / "admin.sock")
@@ -62,7 +64,8 @@ async def live_service(tmp_path: Path, config: Config) -> AsyncIterator[tuple[Se
     async with trio.open_nursery() as nursery:
         service: Service = await nursery.start(run_service, config, options)
         for cluster in config.clusters:
-            await wait_online(service, cluster.name, len(cluster.members))
+            expected = len(cluster.members) if online is None else online
+            await wait_online(service, cluster.name, expected)
         try:
             yield service, Admin(socket_path)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 
 import pytest
@@ -38,4 +39,26 @@ async def test_calls_stay_on_the_member_that_created_them(
             assert owner_of(reoffer, members) is owner
             assert await client.command(f"D call{n} ftag{n} ttag{n}") == "0\n"
         assert set(served) == {m.control for m in members}
+        client.close()
+
+
+async def test_a_burst_beyond_what_one_member_buffers_is_served_in_full(
+    rtpproxy: MemberFactory, listen_udp: str
+) -> None:
+    import trio
+
+    member = rtpproxy()
+    async with running_service(cluster_config([member], [listen_udp])) as service:
+        client = UdpControlClient(listen_udp)
+        burst = 1000
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
+        for n in range(burst):  # all at once: far more than the member's socket buffers
+            await client.send_raw(f"b{n} U burst{n} 127.0.0.1 4000 f".encode())
+        replies = {}
+        with trio.fail_after(10):
+            while len(replies) < burst:
+                cookie, _, reply = (await client.receive()).decode().partition(" ")
+                replies[cookie] = reply
+        assert all(owner_of(reply, [member]) is member for reply in replies.values())
+        assert service.running["c1"].members["m0"].online
         client.close()

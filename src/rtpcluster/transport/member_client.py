@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import socket as stdsocket
 from collections import deque
@@ -25,6 +26,9 @@ from rtpcluster.transport.listeners import UDP_RCVBUF
 RECV_SIZE = 65536
 MIN_RTO = 0.03
 TIMER_TICK = 0.01  # resolution of retransmits and deadlines
+# Commands sent to one UDP member and not yet answered. RTPproxy keeps the kernel's
+# default receive buffer and drops datagrams beyond about 40 in flight; the rest wait.
+MAX_IN_FLIGHT = 32
 MAX_RTO = 0.25
 
 
@@ -149,6 +153,8 @@ class UdpMemberClient:
         self._est = _RttEstimator()
         self._pending: dict[str, _Pending] = {}
         self._work = trio.Event()  # set when the first command becomes pending
+        self._in_flight = 0  # sent and not answered
+        self._queued: deque[str] = deque()  # cookies waiting for a slot, oldest first
         self._sock: stdsocket.socket | None = None
         self._ready = trio.Event()
 
@@ -213,6 +219,9 @@ class UdpMemberClient:
                     continue  # a late answer to a retransmit or an expired command
                 if entry.sends == 1:
                     self._est.sample(trio.current_time() - entry.start)
+                self._in_flight -= 1
+                if self._queued:
+                    self._release()
                 entry.callback(body.decode("utf-8", "replace"))
 
     async def _retransmit_loop(self) -> None:
@@ -229,16 +238,20 @@ class UdpMemberClient:
             now = trio.current_time()
             expired: list[_Pending] = []
             for cookie, entry in list(self._pending.items()):
-                if entry.next_send > now:
-                    continue
                 if now >= entry.deadline:
                     del self._pending[cookie]
+                    if entry.sends:
+                        self._in_flight -= 1
                     expired.append(entry)
+                    continue
+                if entry.next_send > now:
                     continue
                 self._send(entry.data)
                 entry.sends += 1
                 entry.rto = min(entry.rto * 2, MAX_RTO * 2)
                 entry.next_send = min(entry.deadline, now + entry.rto)
+            if expired and self._queued:
+                self._release()
             for entry in expired:
                 entry.callback(None)
 
@@ -250,6 +263,8 @@ class UdpMemberClient:
 
     def _expire_all(self) -> None:
         pending, self._pending = self._pending, {}
+        self._in_flight = 0
+        self._queued.clear()
         for entry in pending.values():
             entry.callback(None)
 
@@ -263,7 +278,26 @@ class UdpMemberClient:
         if not self._pending:
             self._work.set()
         self._pending[cookie] = entry
-        self._send(entry.data)  # not open yet: nothing is sent and the deadline expires it
+        if self._in_flight < MAX_IN_FLIGHT:
+            self._in_flight += 1
+            self._send(entry.data)  # not open yet: nothing is sent and the deadline expires it
+        else:
+            entry.sends = 0
+            entry.next_send = math.inf
+            self._queued.append(cookie)
+
+    def _release(self) -> None:
+        """Send queued commands while fewer than MAX_IN_FLIGHT are unanswered."""
+        now = trio.current_time()
+        while self._queued and self._in_flight < MAX_IN_FLIGHT:
+            entry = self._pending.get(self._queued.popleft())
+            if entry is None:
+                continue  # expired while it waited
+            self._in_flight += 1
+            entry.sends = 1
+            entry.start = now
+            entry.next_send = min(entry.deadline, now + entry.rto)
+            self._send(entry.data)
 
     async def request(self, command: str, timeout: float, lines: int = 1) -> str:
         del lines  # a datagram reply is always whole

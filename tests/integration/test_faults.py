@@ -183,6 +183,9 @@ async def test_calls_on_healthy_members_never_fail_while_one_hangs_under_load(
     async def worker(index: int, client: UdpControlClient) -> None:
         nonlocal on_victim, completed
         for n in range(60):
+            if n == 10 and index == 0:
+                victim.hang()
+                hung.set()
             call = f"load{index}-{n}"
             offer = await client.command(f"U {call} 127.0.0.1 4000 f", timeout=3)
             if offer.startswith("E"):
@@ -200,9 +203,6 @@ async def test_calls_on_healthy_members_never_fail_while_one_hangs_under_load(
             if reply != "0\n":
                 failures.append(f"D {call}: {reply!r}")
             completed += 1
-            if n == 10 and index == 0:
-                victim.hang()
-                hung.set()
 
     async with running_service(cluster_config(members, [listen])) as service:
         clients = [UdpControlClient(listen) for _ in range(8)]

@@ -44,8 +44,9 @@ class ReplyCache:
 
     def abandon(self, key: tuple[bytes, Any]) -> None:
         """Forget an in-flight key whose command produced no reply at all."""
-        if self._young.get(key) == IN_FLIGHT:
-            del self._young[key]
+        for generation in (self._young, self._old):
+            if generation.get(key) == IN_FLIGHT:
+                del generation[key]
 
     def rotate(self) -> None:
         self._old = self._young

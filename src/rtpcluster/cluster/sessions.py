@@ -33,6 +33,8 @@ class SessionTable(Generic[M]):
             member = self._old.pop(call_id, None)
             if member is not None:
                 self._young[call_id] = member
+                if len(self._young) >= self.max_entries:
+                    self.rotate()
         return member
 
     def bind(self, call_id: str, member: M) -> None:

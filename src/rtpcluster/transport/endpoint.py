@@ -139,6 +139,8 @@ def _port(text: str, whole: str) -> int:
 
 
 def _is_ipv6(text: str) -> bool:
+    if "[" in text or "]" in text:
+        return False
     try:
         ipaddress.IPv6Address(text)
     except ValueError:

@@ -273,6 +273,9 @@ class UdpMemberClient:
         cookie = new_cookie()
         now = trio.current_time()
         rto = self._est.rto()
+        if self._sock is None:
+            callback(None)  # not running: nothing can answer
+            return
         entry = _Pending(f"{cookie} {command}".encode(), now, now + timeout, rto)
         entry.callback = callback
         if not self._pending:
@@ -280,7 +283,7 @@ class UdpMemberClient:
         self._pending[cookie] = entry
         if self._in_flight < MAX_IN_FLIGHT:
             self._in_flight += 1
-            self._send(entry.data)  # not open yet: nothing is sent and the deadline expires it
+            self._send(entry.data)
         else:
             entry.sends = 0
             entry.next_send = math.inf
@@ -355,10 +358,14 @@ class UnixOneShotClient:
             async with stream:
                 await stream.send_all(command.encode() + b"\n")
                 assembler = ReplyAssembler()
+                received = False
                 while True:
                     data = await stream.receive_some(RECV_SIZE)
                     if data:
+                        received = True
                         assembler.feed(data)
+                    elif not received:
+                        raise MemberUnavailable(f"{self.endpoint}: closed without a reply")
                     else:
                         assembler.feed(b"\n")  # EOF ends the last line
                     reply = assembler.pop(lines)

@@ -146,3 +146,12 @@ async def heartbeat_round(service: Service, cluster: str) -> None:
     with trio.fail_after(10):
         while any(m.heartbeats == seen[id(m)] for m in members if m.online):
             await trio.sleep(0.01)
+
+
+async def direct_command(proxy: RtpProxy, command: str) -> str:
+    """A command sent straight to a member, bypassing the cluster."""
+    client = UdpControlClient(proxy.control)
+    try:
+        return await client.command(command)
+    finally:
+        client.close()

@@ -11,6 +11,7 @@ from tests.conftest import MemberFactory
 from tests.integration.harness import (
     UdpControlClient,
     cluster_config,
+    direct_command,
     owner_of,
     running_service,
 )
@@ -108,16 +109,8 @@ async def test_hung_member_is_detected_and_deletes_reach_it_after_it_resumes(
                 await trio.sleep(0.05)
         # every deferred delete reached it: no session of those calls is left
         for call in on_victim:
-            reply = await _direct(victim, f"Q {call} f{call[1:]}")
+            reply = await direct_command(victim, f"Q {call} f{call[1:]}")
             assert reply.startswith("E50"), (call, reply)
-        client.close()
-
-
-async def _direct(proxy: RtpProxy, command: str) -> str:
-    client = UdpControlClient(proxy.control)
-    try:
-        return await client.command(command)
-    finally:
         client.close()
 
 
@@ -142,7 +135,7 @@ async def test_bad_input_gets_an_error_or_silence_and_service_keeps_serving(
         # the next command still works, and the junk never reached the member
         offer = await client.command("U alive 127.0.0.1 4000 f")
         owner_of(offer, members)
-        stats = await _direct(members[0], "G ncmds_errs")
+        stats = await direct_command(members[0], "G ncmds_errs")
         assert stats == "0\n"
         client.close()
 

@@ -11,6 +11,7 @@ from tests.conftest import MemberFactory
 from tests.integration.harness import (
     UdpControlClient,
     cluster_config,
+    direct_command,
     member_config,
     owner_of,
     running_service,
@@ -21,14 +22,6 @@ from tests.rtpproxies import RtpProxy, free_port
 @pytest.fixture
 def listen() -> str:
     return f"udp:127.0.0.1:{free_port()}"
-
-
-async def _direct(proxy: RtpProxy, command: str) -> str:
-    client = UdpControlClient(proxy.control)
-    try:
-        return await client.command(command)
-    finally:
-        client.close()
 
 
 async def test_new_calls_follow_the_weights(rtpproxy: MemberFactory, listen: str) -> None:
@@ -121,7 +114,7 @@ async def test_calls_are_found_again_after_a_cluster_restart(
         for call in owners:
             assert await client.command(f"D {call} f t") == "0\n"
         for proxy in proxies:
-            assert (await _direct(proxy, "Ib")).splitlines()[1] == "active sessions: 0"
+            assert (await direct_command(proxy, "Ib")).splitlines()[1] == "active sessions: 0"
         client.close()
 
 
@@ -153,7 +146,7 @@ async def test_cluster_wide_commands(rtpproxy: MemberFactory, listen: str) -> No
         client = UdpControlClient(listen)
         for n in range(10):
             await client.command(f"U g{n} 127.0.0.1 4000 f")
-        direct = [int(await _direct(p, "G nsess_created")) for p in proxies]
+        direct = [int(await direct_command(p, "G nsess_created")) for p in proxies]
         assert await client.command("G nsess_created") == f"{sum(direct)}\n"
         verbose = await client.command("Gv nsess_created total_duration")
         name_value = dict(item.split("=") for item in verbose.split())
@@ -165,7 +158,7 @@ async def test_cluster_wide_commands(rtpproxy: MemberFactory, listen: str) -> No
         assert await client.command("VF 20170313") == "0\n"
         assert await client.command("X") == "0\n"
         for proxy in proxies:
-            assert (await _direct(proxy, "Ib")).splitlines()[1] == "active sessions: 0"
+            assert (await direct_command(proxy, "Ib")).splitlines()[1] == "active sessions: 0"
         client.close()
 
 

@@ -15,7 +15,6 @@ import logging
 import os
 import pwd
 import socket as stdsocket
-import stat
 from collections.abc import AsyncIterator
 
 import trio
@@ -23,6 +22,7 @@ import trio
 from rtpcluster.admin.commands import run_command
 from rtpcluster.cluster.control import ServiceControl
 from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
+from rtpcluster.transport.unixsock import SocketPathBusy, remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -120,25 +120,10 @@ async def handle_connection(control: ServiceControl, stream: trio.abc.Stream) ->
 
 
 def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead process; refuse to touch a live one or a file."""
     try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise AdminSocketError(f"admin socket {path}: exists and is not a socket")
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as err:
-        if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise AdminSocketError(f"admin socket {path}: {err.strerror}") from None
-    else:
-        raise AdminSocketError(f"admin socket {path}: another server is listening on it")
-    finally:
-        probe.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+        remove_stale_socket(path)
+    except SocketPathBusy as exc:
+        raise AdminSocketError(f"admin socket {exc}") from None
 
 
 async def _open_unix_listener(path: str, owner: str | None) -> trio.SocketListener:

@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import socket as stdsocket
-import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ import trio
 
 from rtpcluster.protocol import MAX_COMMAND_BYTES, LineFramer, ProtocolError
 from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.transport.unixsock import SocketPathBusy, remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,10 @@ class Listener:
 
     async def _run_unix(self, task_status: trio.TaskStatus[None]) -> None:
         path = self.endpoint.path
-        _remove_stale_socket(path)
+        try:
+            remove_stale_socket(path)
+        except SocketPathBusy as exc:
+            raise ListenerError(f"cannot listen on {self.endpoint.kind.value}:{exc}") from None
         sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         try:
             await sock.bind(path)
@@ -209,14 +212,3 @@ class Listener:
                         await stream.send_all(reply.encode())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by an earlier run; refuse to remove anything else."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ListenerError(f"cannot listen on unix:{path}: exists and is not a socket")
-    os.unlink(path)

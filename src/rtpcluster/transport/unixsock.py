@@ -1,0 +1,39 @@
+"""Taking over a unix socket path at start-up."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+
+
+class SocketPathBusy(OSError):
+    """The path cannot be used; the message says why."""
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead process; refuse a live one or any other file.
+
+    A live server answers a connect, a dead one's file refuses it: two rtpclusters (or
+    an RTPproxy) never steal each other's socket.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SocketPathBusy(f"{path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as err:
+        if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise SocketPathBusy(f"{path}: {err.strerror}") from None
+    else:
+        raise SocketPathBusy(f"{path}: another server is listening on it")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

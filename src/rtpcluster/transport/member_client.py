@@ -84,7 +84,7 @@ class _RttEstimator:
         return min(MAX_RTO, max(MIN_RTO, self.rtt + 4 * self.rttvar))
 
 
-_cookie_prefix = f"{os.getpid():x}{int.from_bytes(os.urandom(3), 'big'):06x}"
+_cookie_prefix = f"{os.getpid():x}{int.from_bytes(os.urandom(3), 'big'):06x}_"
 _cookie_counter = itertools.count(1)
 
 
@@ -93,7 +93,7 @@ def new_cookie() -> str:
 
     RTPproxy caches replies by cookie alone, so a client's cookie is never reused.
     """
-    return f"{_cookie_prefix}_{next(_cookie_counter)}"
+    return _cookie_prefix + str(next(_cookie_counter))
 
 
 class _Waiter:
@@ -151,10 +151,10 @@ class UdpMemberClient:
         self.endpoint = endpoint
         self.cmd_out_address = cmd_out_address
         self._est = _RttEstimator()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[bytes, _Pending] = {}  # by cookie
         self._work = trio.Event()  # set when the first command becomes pending
         self._in_flight = 0  # sent and not answered
-        self._queued: deque[str] = deque()  # cookies waiting for a slot, oldest first
+        self._queued: deque[bytes] = deque()  # cookies waiting for a slot, oldest first
         self._sock: stdsocket.socket | None = None
         self._ready = trio.Event()
 
@@ -214,7 +214,7 @@ class UdpMemberClient:
                     cookie, body = split_cookie(data)
                 except ProtocolError:
                     continue
-                entry = pending.pop(cookie.decode("latin-1"), None)
+                entry = pending.pop(cookie, None)
                 if entry is None:
                     continue  # a late answer to a retransmit or an expired command
                 if entry.sends == 1:
@@ -270,13 +270,13 @@ class UdpMemberClient:
 
     def submit(self, command: str, timeout: float, callback: ReplyCallback) -> None:
         """Send now; ``callback(reply)`` later, or ``callback(None)`` at the deadline."""
-        cookie = new_cookie()
-        now = trio.current_time()
-        rto = self._est.rto()
         if self._sock is None:
             callback(None)  # not running: nothing can answer
             return
-        entry = _Pending(f"{cookie} {command}".encode(), now, now + timeout, rto)
+        cookie = new_cookie().encode()
+        now = trio.current_time()
+        rto = self._est.rto()
+        entry = _Pending(cookie + b" " + command.encode(), now, now + timeout, rto)
         entry.callback = callback
         if not self._pending:
             self._work.set()

@@ -48,9 +48,10 @@ async def probe(member: Member, timeout: float) -> bool:
 
 
 async def heartbeat(member: Member, timeout: float) -> bool:
+    placed_before = member.placed_since_report
     try:
         reply = await member.send(HEARTBEAT, timeout)
-        member.heartbeat(parse_info_reply(reply))
+        member.heartbeat(parse_info_reply(reply), placed_before)
     except MemberError:
         return False  # already counted by Member.send
     except ProtocolError:

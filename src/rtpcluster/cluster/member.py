@@ -121,11 +121,16 @@ class Member:
             self.deferred.popleft()
         self.deferred.append((now + DEFERRED_TTL, command))
 
-    def heartbeat(self, info: dict[str, int | float]) -> None:
+    def heartbeat(self, info: dict[str, int | float], placed_before: int) -> None:
+        """A heartbeat reply; ``placed_before`` sessions were placed when it was asked.
+
+        Those are in the member's figure now; sessions placed while the heartbeat was
+        on its way are not, so they stay counted on top of it.
+        """
         self.heartbeats += 1
         self.info = info
         self.reported_sessions = int(info.get("active sessions", 0))
-        self.placed_since_report = 0
+        self.placed_since_report = max(0, self.placed_since_report - placed_before)
         if self.reported_sessions == 0:
             self.zero_heartbeats += 1
         else:

@@ -4,7 +4,7 @@
 
     cluster nursery
     ├── listener per control endpoint
-    ├── upkeep (reply-cache rotation, session aging, drain completion)
+    ├── balancer task (session-table aging, reply-cache rotation, drain completion)
     ├── notify relay (optional)
     └── member nursery per member: transport client + health task
 """
@@ -78,7 +78,7 @@ class Cluster:
                 for member_config in self.config.members:
                     await self._start_member(member_config)
                 await self._start_listeners(nursery)
-                nursery.start_soon(self._upkeep)
+                nursery.start_soon(self._balancer_upkeep)
                 if self.config.disconnect_notify is not None:
                     relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
                     await nursery.start(relay.run)
@@ -136,7 +136,12 @@ class Cluster:
         if self.inflight == 0 and self._stopping:
             self._idle.set()
 
-    async def _upkeep(self) -> None:
+    async def _balancer_upkeep(self) -> None:
+        """The cluster's balancer task: keeps the state placement decisions rest on.
+
+        Placement itself happens inline on each new call (Router + Balancer); this task
+        ages the session table, rotates the reply cache and removes drained members.
+        """
         next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME
         next_session_rotation = trio.current_time() + self.config.session_idle_timeout / 2
         while True:

@@ -1,0 +1,84 @@
+"""Property tests of the admin command parsing: any line gets a reply, never an exception."""
+
+from __future__ import annotations
+
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtpcluster.admin.commands import run_command
+from rtpcluster.admin.registry import CommandError, parse_field_list
+from tests.unit.test_admin_commands import FakeControl
+
+KEYS = st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True)
+# values as an operator types them: no comma outside brackets, no '=' ambiguity issue
+VALUES = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.:/#-]{0,20}", fullmatch=True),
+    st.from_regex(r"\[[0-9a-f:]{2,20}\]:[0-9]{1,5}", fullmatch=True),
+)
+WORDS = st.sampled_from(
+    [
+        "ls",
+        "LS",
+        "modify",
+        "add",
+        "delete",
+        "remove",
+        "pause",
+        "suspend",
+        "resume",
+        "create",
+        "destroy",
+        "reload",
+        "--dry-run",
+        "save",
+        "help",
+        "h",
+        "--json",
+        "Supercluster#1",
+        "RTPPROXY1",
+        "c1",
+        "timeout=5",
+        "timeout=x",
+        "name=a,protocol=udp,address=1.2.3.4:5",
+        "address=udp:127.0.0.1:1",
+        "x",
+        "=",
+        ",",
+        "[",
+        "]",
+    ]
+)
+
+
+@given(st.lists(st.tuples(KEYS, VALUES), max_size=6))
+def test_field_lists_round_trip(pairs: list[tuple[str, str]]) -> None:
+    text = ",".join(f"{key}={value}" for key, value in pairs)
+    assert parse_field_list(text) == [(key, value.strip()) for key, value in pairs]
+
+
+@given(st.text(max_size=60))
+def test_field_list_parser_raises_only_command_errors(text: str) -> None:
+    try:
+        pairs = parse_field_list(text)
+    except CommandError:
+        return
+    assert all(key and key == key.strip().lower() for key, _ in pairs)
+
+
+def _reply_for(line: str) -> list[str]:
+    async def main() -> list[str]:
+        return (await run_command(FakeControl(), line)).render()
+
+    return trio.run(main)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.lists(WORDS, max_size=6).map(" ".join)))
+def test_every_line_gets_ok_or_error(line: str) -> None:
+    rendered = _reply_for(line)
+    if rendered:  # quit closes without a status line
+        last = rendered[-1]
+        assert last == "OK" or last.startswith("ERROR: ")
+        assert "Traceback" not in "\n".join(rendered)
+        assert not last.startswith("ERROR: internal error")

@@ -311,7 +311,12 @@ def _decode(data: bytes | bytearray | memoryview | str) -> str:
 
 
 def _split_sections(text: str) -> list[list[str]]:
-    tokens = [t for t in text.translate(_SEPARATORS_TO_SPACE).split(" ") if t]
+    text = text.strip(" \t\r\n")
+    if "\n" in text or "\t" in text or "\r" in text:
+        text = text.translate(_SEPARATORS_TO_SPACE)  # slow in CPython: only when needed
+    tokens = text.split(" ")
+    if "" in tokens:  # runs of separators: rare on the wire, so filter only then
+        tokens = [t for t in tokens if t]
     if not tokens:
         raise ProtocolError(E_SYNTAX, "empty command")
     if SUBCOMMAND_SEPARATOR not in tokens:
@@ -360,4 +365,5 @@ def parse_command(data: bytes | bytearray | memoryview | str) -> Command:
         raise ProtocolError(E_NARGS, f"{op}{modifiers} with {nargs} arguments")
     if len(sections) > 1 and op not in _SUBCOMMAND_OPS:
         raise ProtocolError(E_SUBCOMMAND, f"{op} takes no && subcommands")
-    return Command(op, modifiers, tuple(main[1:]), tuple(tuple(s) for s in sections[1:]))
+    subcommands = tuple(map(tuple, sections[1:])) if len(sections) > 1 else ()
+    return Command(op, modifiers, tuple(main[1:]), subcommands)

@@ -20,6 +20,9 @@ def split_cookie(datagram: bytes) -> tuple[bytes, bytes]:
     text = datagram.lstrip(_WHITESPACE)
     if not text:
         raise ProtocolError(E_SYNTAX, "empty datagram")
+    cookie, space, rest = text.partition(b" ")
+    if space and b"\t" not in cookie and b"\n" not in cookie and b"\r" not in cookie:
+        return cookie, rest.lstrip(_WHITESPACE)  # the usual shape: "<cookie> <command>"
     end = len(text)
     for separator in _WHITESPACE:
         index = text.find(separator)

@@ -258,8 +258,10 @@ class UdpMemberClient:
     def _send(self, data: bytes) -> None:
         sock = self._sock
         if sock is not None:
-            with contextlib.suppress(OSError):  # a full buffer or an ICMP error: retransmit
+            try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
                 sock.send(data)
+            except OSError:
+                pass  # a full buffer or an ICMP error: the retransmit covers it
 
     def _expire_all(self) -> None:
         pending, self._pending = self._pending, {}

@@ -51,6 +51,11 @@ class Listener:
         self._accept_scope = trio.CancelScope()
         self._idle_scopes: set[trio.CancelScope] = set()
         self._stopping = False
+        # Under load, readiness of other sockets is picked up without a trio wake-up:
+        # after each batch the owner's hook may drain them (see Cluster), and others may
+        # call drain() to handle what waits on this one.
+        self.after_batch: Callable[[], None] = _nothing
+        self.drain: Callable[[], None] = _nothing
 
     def stop_accepting(self) -> None:
         """Take no new commands; those in flight still get their replies."""
@@ -86,30 +91,39 @@ class Listener:
                 sock.bind((host, self.endpoint.port))
             except OSError as exc:
                 raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
-            with self._accept_scope:
-                task_status.started()
-                recvfrom = sock.recvfrom
-                handle = self._on_datagram
+            recvfrom = sock.recvfrom
+            handle = self._on_datagram
 
-                def send(reply: bytes, addr: Any) -> None:
-                    try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
-                        sock.sendto(reply, addr)
-                    except OSError:
-                        pass  # a full buffer: the client retransmits
+            def send(reply: bytes, addr: Any) -> None:
+                try:  # noqa: SIM105 - not contextlib.suppress: this is the hot path
+                    sock.sendto(reply, addr)
+                except OSError:
+                    pass  # a full buffer: the client retransmits
 
+            def drain() -> None:
+                """Handle every datagram waiting on the socket, without blocking."""
                 while True:
-                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        data, addr = recvfrom(RECV_SIZE)
+                    except BlockingIOError:
+                        return
+                    except OSError:
+                        continue
+                    try:
+                        handle(data, addr, send)
+                    except Exception:
+                        log.exception("%s: datagram handler failed", self.endpoint)
+
+            with self._accept_scope:
+                self.drain = drain
+                task_status.started()
+                try:
                     while True:
-                        try:
-                            data, addr = recvfrom(RECV_SIZE)
-                        except BlockingIOError:
-                            break
-                        except OSError:
-                            continue
-                        try:
-                            handle(data, addr, send)
-                        except Exception:
-                            log.exception("%s: datagram handler failed", self.endpoint)
+                        await trio.lowlevel.wait_readable(sock)
+                        drain()
+                        self.after_batch()
+                finally:
+                    self.drain = _nothing
             # Stopped accepting: keep the socket for the replies still to come, until the
             # owner cancels us.
             await trio.sleep_forever()
@@ -214,3 +228,7 @@ class Listener:
                         await stream.send_all(reply.encode())
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+
+
+def _nothing() -> None:
+    pass

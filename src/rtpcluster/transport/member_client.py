@@ -139,6 +139,10 @@ def _ignore(reply: str | None) -> None:
     del reply
 
 
+def _nothing() -> None:
+    pass
+
+
 class UdpMemberClient:
     """UDP member: one socket, our own cookies, retransmits inside one deadline.
 
@@ -153,6 +157,7 @@ class UdpMemberClient:
         self._est = _RttEstimator()
         self._pending: dict[bytes, _Pending] = {}  # by cookie
         self._work = trio.Event()  # set when the first command becomes pending
+        self.after_batch: Callable[[], None] = _nothing  # the owner's hook, see Cluster
         self._in_flight = 0  # sent and not answered
         self._queued: deque[bytes] = deque()  # cookies waiting for a slot, oldest first
         self._sock: stdsocket.socket | None = None
@@ -199,30 +204,38 @@ class UdpMemberClient:
             self._expire_all()
 
     async def _receive_loop(self, sock: stdsocket.socket) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            self.drain()
+            self.after_batch()
+
+    def drain(self) -> None:
+        """Hand every reply waiting on the socket to its callback, without blocking."""
+        sock = self._sock
+        if sock is None:
+            return
         pending = self._pending
         recv = sock.recv
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            while True:
-                try:
-                    data = recv(RECV_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue  # ICMP port unreachable: nobody listens; the deadline expires it
-                try:
-                    cookie, body = split_cookie(data)
-                except ProtocolError:
-                    continue
-                entry = pending.pop(cookie, None)
-                if entry is None:
-                    continue  # a late answer to a retransmit or an expired command
-                if entry.sends == 1:
-                    self._est.sample(trio.current_time() - entry.start)
-                self._in_flight -= 1
-                if self._queued:
-                    self._release()
-                entry.callback(body.decode("utf-8", "replace"))
+            try:
+                data = recv(RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # ICMP port unreachable: nobody listens; the deadline expires it
+            try:
+                cookie, body = split_cookie(data)
+            except ProtocolError:
+                continue
+            entry = pending.pop(cookie, None)
+            if entry is None:
+                continue  # a late answer to a retransmit or an expired command
+            if entry.sends == 1:
+                self._est.sample(trio.current_time() - entry.start)
+            self._in_flight -= 1
+            if self._queued:
+                self._release()
+            entry.callback(body.decode("utf-8", "replace"))
 
     async def _retransmit_loop(self) -> None:
         """Every TIMER_TICK while commands are pending: retransmit or expire them.

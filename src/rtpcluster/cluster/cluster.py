@@ -104,10 +104,11 @@ class Cluster:
                 if isinstance(client, UdpMemberClient):
                     client.drain()
 
-    def _drain_listeners(self) -> None:
-        """After a batch of replies: take the commands that are already waiting."""
+    def _drain_all(self) -> None:
+        """After a batch of replies: take the commands and other replies already waiting."""
         for listener in self.listeners:
             listener.drain()
+        self._drain_members()
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands, give those in flight ``grace`` seconds, then stop all."""
@@ -246,7 +247,7 @@ class Cluster:
 
     def _hook(self, client: object) -> None:
         if isinstance(client, UdpMemberClient):
-            client.after_batch = self._drain_listeners
+            client.after_batch = self._drain_all
 
     def member(self, name: str) -> Member:
         member = self.members.get(name)

@@ -36,9 +36,9 @@ class AdminSocketError(Exception):
 
 
 def parse_admin_spec(spec: str) -> Endpoint:
-    """``/path``, ``unix:/path``, ``tcp:HOST:PORT`` or ``tcp6:[::1]:PORT``."""
+    """``path`` (absolute or relative), ``unix:path``, ``tcp:HOST:PORT`` or ``tcp6:[::1]:PORT``."""
     try:
-        endpoint = Endpoint.parse(spec)
+        endpoint = Endpoint.parse(spec, default_kind=Kind.UNIX)
     except EndpointError as err:
         raise AdminSocketError(f"admin socket {spec!r}: {err}") from None
     if endpoint.kind is Kind.CUNIX:

@@ -141,7 +141,11 @@ class Cluster:
             self._done_one()
             send(out, addr)
 
-        self.router.dispatch(body, respond)
+        def abandon() -> None:
+            cache.abandon(key)  # a retransmit after a restart is worked on afresh
+            self._done_one()
+
+        self.router.dispatch(body, respond, abandon)
 
     async def on_command(self, data: bytes) -> str:
         """A command from a stream listener (no cookie, no cache)."""

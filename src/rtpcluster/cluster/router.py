@@ -81,12 +81,18 @@ class Router:
             return _error(exc.code)
         return await self.handle_command(cmd)
 
-    def dispatch(self, data: bytes, respond: Callable[[str], None]) -> None:
+    def dispatch(
+        self,
+        data: bytes,
+        respond: Callable[[str], None],
+        abandon: Callable[[], None] = lambda: None,
+    ) -> None:
         """Answer one command through ``respond``, now or later; never raises.
 
         The common cases (a command for a call on an online UDP member, a new call, ``V``,
         ``I``) are served without a task: the member's reply comes back through a callback.
-        Everything else runs as a task in :attr:`nursery`.
+        Everything else runs as a task in :attr:`nursery`; if that task is cancelled (the
+        cluster stops), ``abandon`` is called instead of ``respond``.
         """
         try:
             cmd = parse_command(data)
@@ -96,10 +102,17 @@ class Router:
         if self._try_fast(cmd, respond):
             return
         assert self.nursery is not None, "Router.nursery is set by the running cluster"
-        self.nursery.start_soon(self._respond_later, cmd, respond)
+        self.nursery.start_soon(self._respond_later, cmd, respond, abandon)
 
-    async def _respond_later(self, cmd: Command, respond: Callable[[str], None]) -> None:
-        respond(await self.handle_command(cmd))
+    async def _respond_later(
+        self, cmd: Command, respond: Callable[[str], None], abandon: Callable[[], None]
+    ) -> None:
+        try:
+            reply = await self.handle_command(cmd)
+        except BaseException:
+            abandon()
+            raise
+        respond(reply)
 
     def _try_fast(self, cmd: Command, respond: Callable[[str], None]) -> bool:
         op = cmd.op

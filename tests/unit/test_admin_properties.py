@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import trio
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtpcluster.admin.commands import run_command
@@ -73,9 +76,16 @@ def _reply_for(line: str) -> list[str]:
     return trio.run(main)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.one_of(st.text(max_size=80), st.lists(WORDS, max_size=6).map(" ".join)))
-def test_every_line_gets_ok_or_error(line: str) -> None:
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # one scratch dir is enough
+)
+@given(line=st.one_of(st.text(max_size=80), st.lists(WORDS, max_size=6).map(" ".join)))
+def test_every_line_gets_ok_or_error(
+    line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # `save PATH` writes files: keep them out of the tree
     rendered = _reply_for(line)
     if rendered:  # quit closes without a status line
         last = rendered[-1]

@@ -169,4 +169,7 @@ async def test_no_member_online_is_E999(listen: str) -> None:
         assert await client.command("U x 127.0.0.1 4000 f") == "E999\n"
         assert await client.command("L x 127.0.0.1 4000 f t") == "E999\n"
         assert await client.command("V") == "20040107\n"
+        # a SIP server starting now still sees the base protocol it requires
+        assert await client.command("VF 20050322") == "1\n"
+        assert await client.command("VF 20170313") == "0\n"
         client.close()

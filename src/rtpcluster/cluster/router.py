@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "20040107"
+# Capabilities every RTPproxy since 2.0 has, whatever its options (20081224 needs -n).
+BASE_CAPABILITIES = frozenset(
+    {"20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102"}
+)
 CAP_WILDCARD_NOTIFY = "20150617"
 NOTIFY_WILDCARD_HOST = "%%CC_SELF%%"
 
@@ -362,9 +366,11 @@ class Router:
                 return _error(2)
             return PROTOCOL_VERSION + "\n"
         online = [m for m in self._members() if m.online]
-        if not online:
-            return _error(E_NO_MEMBER)
         date = cmd.args[0]
+        if not online:
+            # A SIP server probes capabilities once, when it starts; answer for the
+            # RTPproxy base protocol rather than have it disable the cluster for a minute.
+            return "1\n" if date in BASE_CAPABILITIES else "0\n"
         results: list[bool] = []
 
         async def ask(member: Member) -> None:

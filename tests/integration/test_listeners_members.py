@@ -50,6 +50,8 @@ async def test_every_listener_kind_answers(rtpproxy: MemberFactory, tmp_path: Pa
             owner_of(offer, members)
             assert await client.command("V") == "20040107\n"
             client.close()
+        # a SIP server running as another user can connect
+        assert (tmp_path / "ctl.sock").stat().st_mode & 0o777 == 0o666
         # Kamailio and OpenSIPS send unix: commands without a newline and read until EOF
         offer = await stream_command(unix, "U lu 127.0.0.1 4000 f", newline=False)
         owner = owner_of(offer, members)

@@ -24,6 +24,7 @@ from rtpcluster.transport.unixsock import SocketPathBusy, remove_stale_socket
 log = logging.getLogger(__name__)
 
 UDP_RCVBUF = 4 * 1024 * 1024
+UNIX_SOCKET_MODE = 0o666
 RECV_SIZE = 65536
 
 # A reply datagram and the address to send it to.
@@ -143,6 +144,9 @@ class Listener:
             sock.close()
             raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
         try:
+            # The SIP server usually runs as a user of its own. A control socket on
+            # loopback UDP is open to every local user; the unix one is made the same.
+            os.chmod(path, UNIX_SOCKET_MODE)
             sock.listen(128)
             listener = trio.SocketListener(sock)
             await self._serve_streams([listener], task_status)

@@ -103,22 +103,29 @@ class Router:
         except ProtocolError as exc:
             respond(_error(exc.code))
             return
-        if self._try_fast(cmd, respond):
+        if self._try_fast(cmd, respond, abandon):
             return
         assert self.nursery is not None, "Router.nursery is set by the running cluster"
         self.nursery.start_soon(self._respond_later, cmd, respond, abandon)
 
     async def _respond_later(
-        self, cmd: Command, respond: Callable[[str], None], abandon: Callable[[], None]
+        self,
+        cmd: Command,
+        respond: Callable[[str], None],
+        abandon: Callable[[], None],
+        silent: Member | None = None,
     ) -> None:
+        """Answer in a task; ``silent`` is a member a new call must not be placed on again."""
         try:
-            reply = await self.handle_command(cmd)
+            reply = await self.handle_command(cmd, silent)
         except BaseException:
             abandon()
             raise
         respond(reply)
 
-    def _try_fast(self, cmd: Command, respond: Callable[[str], None]) -> bool:
+    def _try_fast(
+        self, cmd: Command, respond: Callable[[str], None], abandon: Callable[[], None]
+    ) -> bool:
         op = cmd.op
         if cmd.is_session_command:
             call_id = cmd.call_id
@@ -126,7 +133,7 @@ class Router:
             owner = self.sessions.get(call_id)
             if owner is None:
                 if op == "U" and cmd.to_tag is None:
-                    return self._fast_new_session(cmd, respond)
+                    return self._fast_new_session(cmd, respond, abandon)
                 return False
             if not owner.online or owner.removed or not owner.can_submit:
                 return False
@@ -157,7 +164,9 @@ class Router:
 
         member.submit(sent, self.timeout, done)
 
-    def _fast_new_session(self, cmd: Command, respond: Callable[[str], None]) -> bool:
+    def _fast_new_session(
+        self, cmd: Command, respond: Callable[[str], None], abandon: Callable[[], None]
+    ) -> bool:
         members = self._members()
         member = balancer.pick(members, self.config.capacity_limit == "hard")
         if member is None or not member.can_submit:
@@ -171,8 +180,13 @@ class Router:
             if reply is None:
                 member.placed_since_report -= 1
                 member.note_failure()
+                if cmd.from_tag is not None:  # it may still create the session late
+                    member.defer(f"D {call_id} {cmd.from_tag}", trio.current_time())
                 assert self.nursery is not None
-                self.nursery.start_soon(self._retry_new_session, cmd, member, respond)
+                try:
+                    self.nursery.start_soon(self._respond_later, cmd, respond, abandon, member)
+                except RuntimeError:  # the cluster has stopped
+                    abandon()
                 return
             member.failures = 0
             if is_positive("U", reply):
@@ -184,16 +198,15 @@ class Router:
         member.submit(sent, self.new_session_budget, done)
         return True
 
-    async def _retry_new_session(
-        self, cmd: Command, silent: Member, respond: Callable[[str], None]
-    ) -> None:
-        if cmd.from_tag is not None:
-            silent.defer(f"D {cmd.call_id} {cmd.from_tag}", trio.current_time())
-        respond(await self._new_session(cmd, [silent]))
+    async def handle_command(self, cmd: Command, silent: Member | None = None) -> str:
+        """Answer one parsed command; never raises for anything a client sent.
 
-    async def handle_command(self, cmd: Command) -> str:
-        """Answer one parsed command; never raises for anything a client sent."""
+        ``silent``: a new call (``U`` without to-tag) whose offer that member left
+        unanswered; it is placed on another one.
+        """
         try:
+            if silent is not None:
+                return await self._new_session(cmd, [silent])
             if cmd.is_session_command:
                 return await self._session_command(cmd)
             op = cmd.op

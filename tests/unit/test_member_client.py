@@ -118,6 +118,7 @@ class FakeStreamMember:
         self.one_shot = one_shot
         self.chunk = chunk  # send replies in pieces of this many bytes (0: whole)
         self.connections = 0
+        self.peers: list[str] = []  # source addresses of tcp connections
         self.received: list[str] = []
         self.raw: list[bytes] = []
         self.got_line = trio.Event()
@@ -148,6 +149,8 @@ class FakeStreamMember:
             while True:
                 stream = await listener.accept()
                 self.connections += 1
+                if not isinstance(stream.socket.getpeername(), str):
+                    self.peers.append(stream.socket.getpeername()[0])
                 nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
@@ -610,6 +613,17 @@ async def test_tcp_stream_member() -> None:
         assert await client.request("G", timeout=5.0) == "re:G\n"
         nursery.cancel_scope.cancel()
     assert fake.connections == 1
+
+
+async def test_tcp_binds_the_cmd_out_address() -> None:
+    fake = FakeStreamMember()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve_tcp)
+        client = StreamMemberClient(fake.endpoint, cmd_out_address="127.0.0.2")
+        await nursery.start(client.run)
+        assert await client.request("V", timeout=5.0) == "re:V\n"
+        nursery.cancel_scope.cancel()
+    assert fake.peers == ["127.0.0.2"]
 
 
 async def test_tcp_connection_refused() -> None:

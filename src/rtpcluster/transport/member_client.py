@@ -338,11 +338,13 @@ class UdpMemberClient:
             self._sock.close()
 
 
-async def _open_stream(endpoint: Endpoint) -> trio.SocketStream:
+async def _open_stream(endpoint: Endpoint, cmd_out_address: str | None = None) -> trio.SocketStream:
     try:
         if endpoint.kind.is_path:
             return await trio.open_unix_socket(endpoint.path)
-        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        bind = _bind_address(cmd_out_address)
+        local = bind[0] if bind is not None else None
+        return await trio.open_tcp_stream(endpoint.host, endpoint.port, local_address=local)
     except OSError as exc:
         raise MemberUnavailable(f"{endpoint}: {exc.strerror or exc}") from None
 
@@ -402,8 +404,9 @@ class StreamMemberClient:
     times out the connection is out of step and is dropped; the next command reconnects.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, cmd_out_address: str | None = None) -> None:
         self.endpoint = endpoint
+        self.cmd_out_address = cmd_out_address
         self._est = _RttEstimator()
         self._stream: trio.SocketStream | None = None
         self._pending: deque[tuple[_Waiter, int]] = deque()
@@ -459,7 +462,7 @@ class StreamMemberClient:
             return self._stream
         if self._nursery is None:
             raise MemberUnavailable(f"{self.endpoint}: client not running")
-        stream = await _open_stream(self.endpoint)
+        stream = await _open_stream(self.endpoint, self.cmd_out_address)
         self._stream = stream
         self._assembler = ReplyAssembler()
         self._nursery.start_soon(self._reader, stream, self._generation)
@@ -496,4 +499,4 @@ def make_client(endpoint: Endpoint, cmd_out_address: str | None = None) -> Membe
         return UdpMemberClient(endpoint, cmd_out_address)
     if endpoint.kind is Kind.UNIX:
         return UnixOneShotClient(endpoint)
-    return StreamMemberClient(endpoint)
+    return StreamMemberClient(endpoint, cmd_out_address)

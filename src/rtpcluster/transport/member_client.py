@@ -209,18 +209,23 @@ class UdpMemberClient:
             self.drain()
             self.after_batch()
 
-    def drain(self) -> None:
-        """Hand every reply waiting on the socket to its callback, without blocking."""
+    def drain(self) -> int:
+        """Hand every reply waiting on the socket to its callback, without blocking.
+
+        Returns how many datagrams were read.
+        """
         sock = self._sock
         if sock is None:
-            return
+            return 0
         pending = self._pending
         recv = sock.recv
+        count = 0
         while True:
             try:
                 data = recv(RECV_SIZE)
+                count += 1
             except BlockingIOError:
-                return
+                return count
             except OSError:
                 continue  # ICMP port unreachable: nobody listens; the deadline expires it
             try:

@@ -89,29 +89,32 @@ class Cluster:
     async def _start_listeners(self, nursery: trio.Nursery) -> None:
         for endpoint in self.config.listen:
             listener = Listener(endpoint, self.on_datagram, self.on_command)
-            listener.after_batch = self._drain_members
+            listener.after_batch = self._after_commands
             self.listeners.append(listener)
             await nursery.start(listener.run)
 
-    def _drain_members(self) -> None:
-        """After a batch of commands: take the members' replies that are already in.
+    def _drain_members(self, spin: float = 0.0) -> None:
+        """Take the members' replies that are already in.
 
         Under load a reply is often waiting by the time a batch is done; reading it here
-        saves the trio wake-up of the member's receive task. While commands are in flight
-        and nothing has come yet, keep polling for up to SPIN seconds (about one RTPproxy
-        round trip on loopback): a reply read while still on the CPU skips the scheduler's
-        wake-up latency, which is most of what the cluster adds at low load.
+        saves the trio wake-up of the member's receive task. After a batch of commands
+        (``spin``), while nothing has come yet, keep polling for up to SPIN seconds (about
+        one RTPproxy round trip on loopback): a reply read while still on the CPU skips
+        the scheduler's wake-up latency, which is most of what the cluster adds at low load.
         """
         if not self.inflight:
             return
         clients = [m.client for m in self._member_list if isinstance(m.client, UdpMemberClient)]
-        deadline = time.perf_counter() + SPIN
+        deadline = time.perf_counter() + spin
         while True:
             got = 0
             for client in clients:
                 got += client.drain()
             if got or time.perf_counter() >= deadline:
                 return
+
+    def _after_commands(self) -> None:
+        self._drain_members(SPIN)
 
     def _drain_all(self) -> None:
         """After a batch of replies: take the commands and other replies already waiting."""

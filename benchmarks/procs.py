@@ -101,18 +101,12 @@ def _stop_pid(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(3.0)
 
 
-@dataclass
-class RtpproxyProcess:
-    """A real RTPproxy from rtp-io in its own subprocess (``python -m benchmarks.member``)."""
+class _ControlSockets:
+    """Control addresses and pid of a process on a UDP port (and maybe a unix path)."""
 
-    name: str
-    port: int  # udp control port on 127.0.0.1
-    rtp: MemberRange
-    workdir: Path
-    unix_path: Path | None = None
-    ttl: int = 600
-    proc: subprocess.Popen[bytes] | None = None
-    nofile: int = 0
+    port: int
+    unix_path: Path | None
+    proc: subprocess.Popen[bytes] | None
 
     @property
     def udp(self) -> str:
@@ -125,6 +119,20 @@ class RtpproxyProcess:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+
+@dataclass
+class RtpproxyProcess(_ControlSockets):
+    """A real RTPproxy from rtp-io in its own subprocess (``python -m benchmarks.member``)."""
+
+    name: str
+    port: int  # udp control port on 127.0.0.1
+    rtp: MemberRange
+    workdir: Path
+    unix_path: Path | None = None
+    ttl: int = 600
+    proc: subprocess.Popen[bytes] | None = None
+    nofile: int = 0
 
     def start(self, timeout: float = 15.0) -> None:
         if self.unix_path is not None:
@@ -209,7 +217,7 @@ def cluster_config(
 
 
 @dataclass
-class ClusterProcess:
+class ClusterProcess(_ControlSockets):
     """``python -m rtpcluster serve --foreground`` with a config written to ``workdir``."""
 
     workdir: Path
@@ -217,18 +225,6 @@ class ClusterProcess:
     port: int
     unix_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def udp(self) -> str:
-        return f"udp:127.0.0.1:{self.port}"
-
-    @property
-    def unix(self) -> str | None:
-        return f"unix:{self.unix_path}" if self.unix_path else None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     def start(self, timeout: float = 20.0) -> None:
         extra = [self.unix] if self.unix is not None else []

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import trio
+from pydantic import BaseModel
 
 from rtpcluster.cluster.cluster import Cluster
 from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
@@ -231,31 +232,40 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     """Describe, one line per change, what applying ``new`` over ``old`` does."""
     changes: list[str] = []
     old_clusters = {c.name: c for c in old.clusters}
-    new_clusters = {c.name: c for c in new.clusters}
-    for name in old_clusters.keys() - new_clusters.keys():
+    for name in old_clusters.keys() - {c.name for c in new.clusters}:
         changes.append(f"cluster {name}: remove (drain)")
-    for name, config in new_clusters.items():
+    for config in new.clusters:
+        name = config.name
         before = old_clusters.get(name)
         if before is None:
             changes.append(f"cluster {name}: add with {len(config.members)} members")
             continue
         if [str(e) for e in before.listen] != [str(e) for e in config.listen]:
             changes.append(f"cluster {name}: listen on {', '.join(map(str, config.listen))}")
+        changes += _field_changes(f"cluster {name}", before, config, skip={"members", "listen"})
         old_members = {m.name: m for m in before.members}
-        new_members = {m.name: m for m in config.members}
-        for member in old_members.keys() - new_members.keys():
+        for member in old_members.keys() - {m.name for m in config.members}:
             changes.append(f"cluster {name}: member {member}: remove (drain)")
-        for member, member_config in new_members.items():
-            was = old_members.get(member)
+        for member_config in config.members:
+            where = f"cluster {name}: member {member_config.name}"
+            was = old_members.get(member_config.name)
             if was is None:
-                changes.append(f"cluster {name}: member {member}: add")
-                continue
-            for field in type(member_config).model_fields:
-                a, b = getattr(was, field), getattr(member_config, field)
-                if a != b:
-                    changes.append(f"cluster {name}: member {member}: {field} {a} -> {b}")
+                changes.append(f"{where}: add")
+            else:
+                changes += _field_changes(where, was, member_config)
     members = sum(len(c.members) for c in new.clusters)
     return ReloadPlan(changes=sorted(changes), clusters=len(new.clusters), members=members)
+
+
+def _field_changes(
+    where: str, old: BaseModel, new: BaseModel, skip: Collection[str] = ()
+) -> list[str]:
+    """``<where>: <field> <old> -> <new>`` for every field that differs."""
+    return [
+        f"{where}: {field} {getattr(old, field)} -> {getattr(new, field)}"
+        for field in type(new).model_fields
+        if field not in skip and getattr(old, field) != getattr(new, field)
+    ]
 
 
 async def run_service(

@@ -13,7 +13,7 @@ import trio
 from rtpcluster.config import ClusterConfig, Config, MemberConfig
 from rtpcluster.service import ServeOptions, Service, run_service
 from rtpcluster.transport.endpoint import Endpoint
-from tests.rtpproxies import RtpProxy
+from tests.rtpproxies import RtpProxy, free_port
 
 FAST_TIMERS: dict[str, Any] = {
     "heartbeat_interval": 0.2,
@@ -155,3 +155,18 @@ async def direct_command(proxy: RtpProxy, command: str) -> str:
         return await client.command(command)
     finally:
         client.close()
+
+
+@asynccontextmanager
+async def udp_cluster(
+    proxies: Sequence[RtpProxy], online: int | None = None, **settings: Any
+) -> AsyncIterator[tuple[Service, UdpControlClient]]:
+    """A running cluster ``c1`` on a free loopback UDP port, and a client of it."""
+    listen = f"udp:127.0.0.1:{free_port()}"
+    config = cluster_config(proxies, [listen], **settings)
+    async with running_service(config, online=online) as service:
+        client = UdpControlClient(listen)
+        try:
+            yield service, client
+        finally:
+            client.close()

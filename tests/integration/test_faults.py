@@ -14,6 +14,7 @@ from tests.integration.harness import (
     direct_command,
     owner_of,
     running_service,
+    udp_cluster,
 )
 from tests.rtpproxies import RtpProxy, free_port
 
@@ -118,9 +119,7 @@ async def test_bad_input_gets_an_error_or_silence_and_service_keeps_serving(
     rtpproxy: MemberFactory,
 ) -> None:
     members = [rtpproxy()]
-    listen = f"udp:127.0.0.1:{free_port()}"
-    async with running_service(cluster_config(members, [listen])):
-        client = UdpControlClient(listen)
+    async with udp_cluster(members) as (_, client):
         assert await client.command("U too few") == "E1\n"
         assert await client.command("") == "E5\n"
         assert await client.command("K x") == "E0\n"
@@ -137,16 +136,12 @@ async def test_bad_input_gets_an_error_or_silence_and_service_keeps_serving(
         owner_of(offer, members)
         stats = await direct_command(members[0], "G ncmds_errs")
         assert stats == "0\n"
-        client.close()
 
 
 async def test_retransmits_are_answered_from_cache_and_reach_the_member_once(
     rtpproxy: MemberFactory,
 ) -> None:
-    members = [rtpproxy()]
-    listen = f"udp:127.0.0.1:{free_port()}"
-    async with running_service(cluster_config(members, [listen])):
-        client = UdpControlClient(listen)
+    async with udp_cluster([rtpproxy()]) as (_, client):
         await client.command("U rt1 127.0.0.1 4000 f")
         # a second D of the same session would get E50 from the member: the cached
         # reply proves the retransmit never reached it
@@ -159,7 +154,6 @@ async def test_retransmits_are_answered_from_cache_and_reach_the_member_once(
         await client.send_raw(b"twice D rt2 f")
         assert await client.receive() == b"twice 0\n"
         assert await client.command("V") == "20040107\n"  # and nothing else was queued
-        client.close()
 
 
 async def test_calls_on_healthy_members_never_fail_while_one_hangs_under_load(

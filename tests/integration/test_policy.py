@@ -15,6 +15,7 @@ from tests.integration.harness import (
     member_config,
     owner_of,
     running_service,
+    udp_cluster,
 )
 from tests.rtpproxies import RtpProxy, free_port
 
@@ -24,30 +25,26 @@ def listen() -> str:
     return f"udp:127.0.0.1:{free_port()}"
 
 
-async def test_new_calls_follow_the_weights(rtpproxy: MemberFactory, listen: str) -> None:
+async def test_new_calls_follow_the_weights(rtpproxy: MemberFactory) -> None:
     light, heavy = rtpproxy(), rtpproxy()
     members = [
         member_config("light", light, weight=100, capacity=100_000),
         member_config("heavy", heavy, weight=300, capacity=100_000),
     ]
-    async with running_service(cluster_config([], [listen], members=members)):
-        client = UdpControlClient(listen)
+    async with udp_cluster([], members=members) as (_, client):
         served: Counter[str] = Counter()
         for n in range(400):
             reply = await client.command(f"U w{n} 127.0.0.1 4000 f")
             served["heavy" if owner_of(reply, [light, heavy]) is heavy else "light"] += 1
         # expectation 300 of 400, standard deviation about 8.7: a bound of 5.7 sigma
         assert 250 <= served["heavy"] <= 350, served
-        client.close()
 
 
 @pytest.mark.parametrize("limit", ["hard", "soft"])
-async def test_capacity_limit(rtpproxy: MemberFactory, listen: str, limit: str) -> None:
+async def test_capacity_limit(rtpproxy: MemberFactory, limit: str) -> None:
     proxies = [rtpproxy(), rtpproxy()]
     members = [member_config(f"m{i}", p, capacity=5) for i, p in enumerate(proxies)]
-    config = cluster_config([], [listen], members=members, capacity_limit=limit)
-    async with running_service(config):
-        client = UdpControlClient(listen)
+    async with udp_cluster([], members=members, capacity_limit=limit) as (_, client):
         served: Counter[int] = Counter()
         for n in range(10):
             served[id(owner_of(await client.command(f"U c{n} 127.0.0.1 4000 f"), proxies))] += 1
@@ -57,15 +54,13 @@ async def test_capacity_limit(rtpproxy: MemberFactory, listen: str, limit: str) 
             assert extra == "E998\n"
         else:
             owner_of(extra, proxies)
-        client.close()
 
 
 async def test_suspended_and_draining_members_take_no_new_calls_but_keep_theirs(
-    rtpproxy: MemberFactory, listen: str
+    rtpproxy: MemberFactory,
 ) -> None:
     proxies = [rtpproxy(), rtpproxy(), rtpproxy()]
-    async with running_service(cluster_config(proxies, [listen])) as service:
-        client = UdpControlClient(listen)
+    async with udp_cluster(proxies) as (service, client):
         owners = {}
         for n in range(30):
             owners[f"s{n}"] = owner_of(await client.command(f"U s{n} 127.0.0.1 4000 f"), proxies)
@@ -85,7 +80,6 @@ async def test_suspended_and_draining_members_take_no_new_calls_but_keep_theirs(
         }
         assert id(proxies[0]) in placed
         assert id(proxies[1]) not in placed
-        client.close()
 
 
 async def test_calls_are_found_again_after_a_cluster_restart(
@@ -118,14 +112,13 @@ async def test_calls_are_found_again_after_a_cluster_restart(
         client.close()
 
 
-async def test_wan_and_lan_addresses(rtpproxy: MemberFactory, listen: str) -> None:
+async def test_wan_and_lan_addresses(rtpproxy: MemberFactory) -> None:
     both, wan_only = rtpproxy(), rtpproxy()
     members = [
         member_config("both", both, wan_address="192.0.2.1", lan_address="127.0.0.1"),
         member_config("wan", wan_only, wan_address="2001:db8::1"),
     ]
-    async with running_service(cluster_config([], [listen], members=members)) as service:
-        client = UdpControlClient(listen)
+    async with udp_cluster([], members=members) as (_, client):
         seen = set()
         for n in range(30):
             reply = await client.command(f"U wl{n} 127.0.0.1 4000 f")
@@ -136,14 +129,11 @@ async def test_wan_and_lan_addresses(rtpproxy: MemberFactory, listen: str) -> No
             answer = await client.command(f"L wl{n} 127.0.0.1 4002 f t")
             assert answer.split()[1] == expected.split()[0]
         assert seen == {id(both), id(wan_only)}
-        del service
-        client.close()
 
 
-async def test_cluster_wide_commands(rtpproxy: MemberFactory, listen: str) -> None:
+async def test_cluster_wide_commands(rtpproxy: MemberFactory) -> None:
     proxies = [rtpproxy(), rtpproxy()]
-    async with running_service(cluster_config(proxies, [listen])):
-        client = UdpControlClient(listen)
+    async with udp_cluster(proxies) as (_, client):
         for n in range(10):
             await client.command(f"U g{n} 127.0.0.1 4000 f")
         direct = [int(await direct_command(p, "G nsess_created")) for p in proxies]
@@ -159,17 +149,14 @@ async def test_cluster_wide_commands(rtpproxy: MemberFactory, listen: str) -> No
         assert await client.command("X") == "0\n"
         for proxy in proxies:
             assert (await direct_command(proxy, "Ib")).splitlines()[1] == "active sessions: 0"
-        client.close()
 
 
-async def test_no_member_online_is_E999(listen: str) -> None:
+async def test_no_member_online_is_E999() -> None:
     dead = RtpProxy(control=f"udp:127.0.0.1:{free_port()}", port_min=1, port_max=2)
-    async with running_service(cluster_config([dead], [listen]), online=0):
-        client = UdpControlClient(listen)
+    async with udp_cluster([dead], online=0) as (_, client):
         assert await client.command("U x 127.0.0.1 4000 f") == "E999\n"
         assert await client.command("L x 127.0.0.1 4000 f t") == "E999\n"
         assert await client.command("V") == "20040107\n"
         # a SIP server starting now still sees the base protocol it requires
         assert await client.command("VF 20050322") == "1\n"
         assert await client.command("VF 20170313") == "0\n"
-        client.close()

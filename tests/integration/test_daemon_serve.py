@@ -84,7 +84,7 @@ def ls(files: Files) -> str:
 
 
 def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path) -> None:
-    member = rtpproxy()
+    member, second = rtpproxy(), rtpproxy()
     address = member.control.removeprefix("udp:")
     port = free_port()
     files.config.write_text(config_xml(port, [("m0", address)]))
@@ -101,7 +101,7 @@ def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path)
     assert f"already running as pid {pid}" in again.stderr
 
     # SIGHUP reloads the edited file
-    files.config.write_text(config_xml(port, [("m0", address), ("m1", address)]))
+    files.config.write_text(config_xml(port, [("m0", address), ("m1", second.address)]))
     os.kill(pid, signal.SIGHUP)
     wait_until(lambda: "active members = 2" in ls(files), "the reload on SIGHUP")
 

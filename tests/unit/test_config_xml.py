@@ -294,13 +294,13 @@ R3 = "cluster 'basic_network', rtpproxy 'RTPPROXY3'"
             _original_with(
                 "</rtp_cluster>", "<heartbeat_interval>0</heartbeat_interval></rtp_cluster>"
             ),
-            "cluster 'basic_network': <heartbeat_interval>: must be a number of seconds > 0, "
-            "got '0'",
+            "cluster 'basic_network': <heartbeat_interval>: must be a number of seconds "
+            "from 0.1 to 60, got '0'",
         ),
         (
             _original_with("</rtp_cluster>", "<member_timeout>soon</member_timeout></rtp_cluster>"),
-            "cluster 'basic_network': <member_timeout>: must be a number of seconds > 0, "
-            "got 'soon'",
+            "cluster 'basic_network': <member_timeout>: must be a number of seconds "
+            "from 0.05 to 10, got 'soon'",
         ),
         (
             _original_with(

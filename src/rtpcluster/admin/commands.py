@@ -32,6 +32,7 @@ from rtpcluster.admin.registry import (
 )
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo, ServiceControl
 from rtpcluster.config import ConfigError, cluster_from_fields, member_from_fields, save_config
+from rtpcluster.config.models import drain_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class MemberArgs(_Args):
 
 class RemoveArgs(_Args):
     member: str
-    timeout: Annotated[float | None, Option(), pydantic.Field(ge=0)] = None
+    timeout: Annotated[float | None, Option(), pydantic.BeforeValidator(drain_timeout)] = None
 
 
 class FieldsArgs(_Args):

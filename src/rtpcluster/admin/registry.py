@@ -187,7 +187,9 @@ class Command(Generic[CtxT]):
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "arguments"
-            raise CommandError(f"{self.name}: bad {where}: {first['msg']}") from None
+            cause = first.get("ctx", {}).get("error")  # our validators' own message
+            message = str(cause) if isinstance(cause, ValueError) else first["msg"]
+            raise CommandError(f"{self.name}: bad {where}: {message}") from None
 
 
 def parse_field_list(text: str) -> list[tuple[str, str]]:

@@ -84,18 +84,13 @@ def _absolute_admin_spec(spec: str) -> str:
 
 def _startup_failure(error: BaseException) -> str | None:
     """The one-line reason of an expected startup failure, looking into exception groups."""
+    from rtpcluster.cluster.control import ControlError
     from rtpcluster.config import ConfigError
+    from rtpcluster.failures import describe_failure, primary_error
 
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            found = _startup_failure(inner)
-            if found is not None:
-                return found
-        return None
-    if isinstance(error, AdminSocketError | ConfigError | DaemonError):
-        return str(error)
-    if isinstance(error, OSError):
-        return f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"
+    expected = (AdminSocketError, ConfigError, ControlError, DaemonError, OSError)
+    if isinstance(primary_error(error), expected):
+        return describe_failure(error)
     return None
 
 
@@ -117,6 +112,7 @@ def _run_foreground(config: Config, options: ServeOptions, level: LogLevel) -> N
 def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: LogLevel) -> None:
     import trio
 
+    from rtpcluster.failures import describe_failure, primary_error
     from rtpcluster.service import run_service
 
     try:
@@ -137,9 +133,10 @@ def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: Lo
     try:
         trio.run(serve)
     except BaseException as err:
-        reason = _startup_failure(err) or f"{type(err).__name__}: {err}"
+        expected = _startup_failure(err)
+        reason = expected or f"{type(primary_error(err)).__name__}: {describe_failure(err)}"
         daemon.fail(reason)
-        log.error("rtpcluster stopped: %s", reason, exc_info=_startup_failure(err) is None)
+        log.error("rtpcluster stopped: %s", reason, exc_info=expected is None)
         raise typer.Exit(EXIT_REFUSED) from None
     finally:
         daemon.cleanup()

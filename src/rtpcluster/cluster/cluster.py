@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -25,8 +26,10 @@ from rtpcluster.cluster.reply_cache import ReplyCache
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
+from rtpcluster.failures import describe_failure
 from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
-from rtpcluster.transport.listeners import Listener, SendDatagram
+from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.transport.listeners import BoundSockets, Listener, SendDatagram
 from rtpcluster.transport.member_client import UdpMemberClient, make_client
 
 log = logging.getLogger(__name__)
@@ -72,26 +75,51 @@ class Cluster:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        bound: Sequence[BoundSockets],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the control sockets ``bound`` beforehand (the caller closes any left over)."""
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.router.nursery = nursery
                 for member_config in self.config.members:
                     await self._start_member(member_config)
-                await self._start_listeners(nursery)
+                await self._start_listeners(nursery, bound)
                 nursery.start_soon(self._balancer_upkeep)
                 if self.config.disconnect_notify is not None:
                     relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
                     await nursery.start(relay.run)
                 task_status.started()
 
-    async def _start_listeners(self, nursery: trio.Nursery) -> None:
-        for endpoint in self.config.listen:
-            listener = Listener(endpoint, self.on_datagram, self.on_command)
+    async def _start_listeners(self, nursery: trio.Nursery, bound: Sequence[BoundSockets]) -> None:
+        for sockets in bound:
+            listener = Listener(sockets, self.on_datagram, self.on_command)
             listener.after_batch = self._after_commands
             self.listeners.append(listener)
             await nursery.start(listener.run)
+
+    async def change_listeners(
+        self, listen: Sequence[Endpoint], bound: Sequence[BoundSockets], grace: float
+    ) -> None:
+        """Serve ``bound`` too and stop the listeners whose endpoint is not in ``listen``.
+
+        The new sockets were bound beforehand, so this cannot fail half way. A listener
+        that goes takes no new commands at once and is closed ``grace`` seconds later.
+        """
+        if self._nursery is None:
+            raise ControlError(f"{self.name}: cluster is not running")
+        await self._start_listeners(self._nursery, bound)
+        wanted = {str(endpoint) for endpoint in listen}
+        for listener in [li for li in self.listeners if str(li.endpoint) not in wanted]:
+            self.listeners.remove(listener)
+            listener.stop_accepting()
+            self._nursery.start_soon(_close_after, listener, grace)
+        self.config = self.config.model_copy(update={"listen": list(listen)})
+        self.router.config = self.config
 
     def _drain_members(self, spin: float = 0.0) -> None:
         """Take the members' replies that are already in.
@@ -226,6 +254,7 @@ class Cluster:
         member = tasks.member
         client = member.client
         started = False
+        reported: str | None = None  # the failure last logged: each one once, not per retry
         with tasks.scope:
             try:
                 while True:
@@ -234,6 +263,7 @@ class Cluster:
                             tasks.embedded = await _start_embedded(member.config)
                         async with trio.open_nursery() as nursery:
                             await nursery.start(client.run)
+                            reported = None
                             if not started:
                                 started = True
                                 task_status.started()
@@ -244,7 +274,16 @@ class Cluster:
                                 self.config.member_timeout,
                             )
                     except Exception as exc:
-                        log.warning("%s: member %s failed: %s", self.name, member.name, exc)
+                        failure = describe_failure(exc)
+                        if failure != reported:
+                            reported = failure
+                            log.warning(
+                                "%s: member %s (%s) failed: %s",
+                                self.name,
+                                member.name,
+                                member.config.address,
+                                failure,
+                            )
                         member.set_online(False)
                         client.close()
                         client = member.client = make_client(
@@ -391,6 +430,11 @@ class Cluster:
             capacity_limit=str(self.config.capacity_limit),
             members=members,
         )
+
+
+async def _close_after(listener: Listener, grace: float) -> None:
+    await trio.sleep(grace)
+    listener.close()
 
 
 async def _start_embedded(config: MemberConfig) -> Any:

@@ -9,6 +9,8 @@ values (``model_copy`` does not validate).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
@@ -34,6 +36,41 @@ EndpointValue = Annotated[
     WithJsonSchema({"type": "string", "examples": ["udp:127.0.0.1:22222"]}),
 ]
 """An Endpoint field: given as an Endpoint or as ``kind:address`` text, dumped as text."""
+
+
+TIMER_BOUNDS: Mapping[str, tuple[float, float]] = {
+    # An online member answers one ``Ib`` per interval. Below 0.1 s (10 a second per
+    # member) the load figures get no fresher, as they change with call set-up, and a
+    # tiny value keeps a core busy with heartbeats; above 60 s a dead member that carries
+    # no calls is noticed minutes late, and a drain waits minutes for the two heartbeats
+    # without a session that end it.
+    "heartbeat_interval": (0.1, 60.0),
+    # An offline member is probed (``V``, then ``VF``) once per interval: 0.1 s bounds
+    # that to 10 probes a second per member; above 60 s a member back from a restart
+    # waits more than a minute before it takes calls again.
+    "offline_probe_interval": (0.1, 60.0),
+    # The budget of one command to a member, retransmits included. The member client's
+    # timer ticks every 10 ms and its first retransmit is due after 30 ms at the
+    # earliest: below 50 ms a lost datagram is never sent again. Above 10 s a SIP
+    # server has long given up (Kamailio: 5 tries of 1 s by default) while its
+    # transaction and our reply-cache entry wait.
+    "member_timeout": (0.05, 10.0),
+    # A call-id with no command for this long is forgotten (a later command for it
+    # asks every member). Below 60 s, RTPproxy's own default session lifetime, calls
+    # between re-INVITEs would be forgotten all the time; above a day the table keeps
+    # calls that every member has long dropped.
+    "session_idle_timeout": (60.0, 86400.0),
+}
+"""Lowest and highest accepted value, in seconds, of each timer of ``<rtp_cluster>``."""
+
+DRAIN_TIMEOUT_BOUNDS = (0.0, 86400.0)
+"""``modify <cluster> delete <member> timeout=S``: 0 removes it at the next upkeep
+(about a second); a drain meant to last longer than a day is one without a timeout."""
+
+
+def drain_timeout(value: object) -> float | None:
+    """The ``timeout=`` of ``modify <cluster> delete``: not given, or seconds in bounds."""
+    return None if value is None else values.seconds(value, *DRAIN_TIMEOUT_BOUNDS)
 
 
 class MemberStatus(StrEnum):
@@ -170,13 +207,12 @@ class ClusterConfig(_Frozen):
     session_idle_timeout: float = 3600.0  # forget a call-id with no command for this long
 
     _name = field_validator("name", mode="before")(values.name)
-    _timers = field_validator(
-        "heartbeat_interval",
-        "offline_probe_interval",
-        "member_timeout",
-        "session_idle_timeout",
-        mode="before",
-    )(values.seconds)
+
+    @field_validator(*TIMER_BOUNDS, mode="before")
+    @classmethod
+    def _timer(cls, value: object, info: ValidationInfo) -> float:
+        assert info.field_name is not None
+        return values.seconds(value, *TIMER_BOUNDS[info.field_name])
 
     @field_validator("capacity_limit", mode="before")
     @classmethod
@@ -197,6 +233,14 @@ class ClusterConfig(_Frozen):
             if member.name in names:
                 raise ValueError(f"duplicate rtpproxy name {member.name!r}")
             names.add(member.name)
+        addresses: dict[tuple[str, ...], MemberConfig] = {}
+        for member in self.members:
+            first = addresses.setdefault(_member_socket_key(member.address), member)
+            if first is not member:
+                raise ValueError(
+                    f"rtpproxy {member.name!r}: <address>: {address_text(member)!r} "
+                    f"is already the address of rtpproxy {first.name!r}"
+                )
         return self
 
 
@@ -221,6 +265,25 @@ class Config(_Frozen):
                         f"is already used by cluster {owner!r}"
                     )
         return self
+
+
+def address_text(member: MemberConfig) -> str:
+    """A member's address as its ``<address>`` element holds it."""
+    if member.protocol is MemberProtocol.EMBEDDED:
+        return str(member.address)
+    return member.address.address
+
+
+def same_socket(one: Endpoint, other: Endpoint) -> bool:
+    """Whether two listeners would bind the same socket."""
+    return _socket_key(one) == _socket_key(other)
+
+
+def _member_socket_key(endpoint: Endpoint) -> tuple[str, ...]:
+    """Two member addresses that name one control socket, as written (not resolved)."""
+    if endpoint.kind.is_path:
+        return ("path", os.path.normpath(endpoint.path))
+    return (endpoint.kind.value, endpoint.host.lower(), str(endpoint.port))
 
 
 def _socket_key(endpoint: Endpoint) -> tuple[str, ...]:

@@ -46,8 +46,8 @@ def port_number(value: object) -> int:
     return number
 
 
-def seconds(value: object) -> float:
-    """A positive, finite number of seconds (``1``, ``0.5``, ``2e-1``)."""
+def seconds(value: object, lowest: float, highest: float) -> float:
+    """A number of seconds from ``lowest`` to ``highest``, both included (``1``, ``2e-1``)."""
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
@@ -56,8 +56,10 @@ def seconds(value: object) -> float:
             number = float(value.strip())
         except ValueError:
             number = None
-    if number is None or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"must be a number of seconds > 0, got {value!r}")
+    if number is None or not math.isfinite(number) or not lowest <= number <= highest:
+        raise ValueError(
+            f"must be a number of seconds from {lowest:g} to {highest:g}, got {value!r}"
+        )
     return number
 
 

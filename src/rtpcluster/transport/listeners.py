@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import socket as stdsocket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -37,18 +37,135 @@ StreamHandler = Callable[[bytes], Awaitable[str]]
 
 
 class ListenerError(Exception):
-    """A listener could not be opened; the message names the endpoint."""
+    """A listener could not be opened; the message names the endpoint and the OS reason."""
+
+
+class BoundSockets:
+    """The bound sockets of one control endpoint, not served yet.
+
+    Binding is the step that can fail (a busy port, a path in use), so it is a step of
+    its own: a reload binds every new endpoint before it stops or changes anything. The
+    holder hands the sockets to a :class:`Listener`, which closes them when it ends, or
+    closes them itself.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        datagram: stdsocket.socket | None = None,
+        streams: Sequence[trio.SocketListener] = (),
+        socket_file: tuple[int, int] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.datagram = datagram
+        self.streams = list(streams)
+        self._socket_file = socket_file  # (st_dev, st_ino) of the unix socket file we made
+
+    def close(self) -> None:
+        """Release the sockets, and the unix socket file if it is still ours; idempotent."""
+        if self.datagram is not None:
+            self.datagram.close()
+        for listener in self.streams:
+            listener.socket.close()
+        if self._socket_file is not None:
+            _unlink_if_same(self.endpoint.path, self._socket_file)
+            self._socket_file = None
+
+
+async def bind_endpoint(endpoint: Endpoint) -> BoundSockets:
+    """Bind the sockets of ``endpoint`` (streams also listen); :class:`ListenerError` if not."""
+    if endpoint.kind.is_datagram:
+        return _bind_udp(endpoint)
+    if endpoint.kind.is_path:
+        return await _bind_unix(endpoint)
+    return await _bind_tcp(endpoint)
+
+
+def _bind_udp(endpoint: Endpoint) -> BoundSockets:
+    family = stdsocket.AF_INET6 if endpoint.kind is Kind.UDP6 else stdsocket.AF_INET
+    # A plain non-blocking socket: on the hot path every datagram waiting is read
+    # per wake-up, and replies are sent without trio's per-call wrapping.
+    sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, UDP_RCVBUF)
+        host = endpoint.host
+        if host == "*":
+            host = "::" if family == stdsocket.AF_INET6 else "0.0.0.0"
+        sock.bind((host, endpoint.port))
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(endpoint, exc) from None
+    return BoundSockets(endpoint, datagram=sock)
+
+
+async def _bind_unix(endpoint: Endpoint) -> BoundSockets:
+    path = endpoint.path
+    try:
+        remove_stale_socket(path)
+    except SocketPathBusy as exc:
+        raise ListenerError(f"cannot listen on {endpoint.kind.value}:{exc}") from None
+    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(endpoint, exc) from None
+    try:
+        made = os.stat(path)
+        # The SIP server usually runs as a user of its own. A control socket on
+        # loopback UDP is open to every local user; the unix one is made the same.
+        os.chmod(path, UNIX_SOCKET_MODE)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise _cannot_listen(endpoint, exc) from None
+    socket_file = (made.st_dev, made.st_ino)
+    return BoundSockets(endpoint, streams=[trio.SocketListener(sock)], socket_file=socket_file)
+
+
+async def _bind_tcp(endpoint: Endpoint) -> BoundSockets:
+    host: str | None = endpoint.host
+    if host == "*":
+        host = None
+    try:
+        listeners = await trio.open_tcp_listeners(endpoint.port, host=host)
+    except OSError as exc:
+        raise _cannot_listen(endpoint, exc) from None
+    return BoundSockets(endpoint, streams=listeners)
+
+
+def _cannot_listen(endpoint: Endpoint, error: OSError) -> ListenerError:
+    return ListenerError(f"cannot listen on {endpoint}: {error.strerror or error}")
+
+
+def _unlink_if_same(path: str, socket_file: tuple[int, int]) -> None:
+    """Remove ``path`` unless it is no longer the file we made (a successor's socket)."""
+    with contextlib.suppress(OSError):
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == socket_file:
+            os.unlink(path)
 
 
 class Listener:
-    """One control endpoint. ``run`` serves until cancelled or :meth:`stop_accepting`."""
+    """One control endpoint on sockets already bound (see :func:`bind_endpoint`).
+
+    ``run`` serves until cancelled, :meth:`close` or :meth:`stop_accepting`; it closes the
+    sockets when it ends.
+    """
 
     def __init__(
-        self, endpoint: Endpoint, on_datagram: DatagramHandler, on_command: StreamHandler
+        self, bound: BoundSockets, on_datagram: DatagramHandler, on_command: StreamHandler
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = bound.endpoint
+        self._bound = bound
         self._on_datagram = on_datagram
         self._on_command = on_command
+        self._run_scope = trio.CancelScope()
         self._accept_scope = trio.CancelScope()
         self._idle_scopes: set[trio.CancelScope] = set()
         self._stopping = False
@@ -65,33 +182,26 @@ class Listener:
         for scope in list(self._idle_scopes):
             scope.cancel()
 
+    def close(self) -> None:
+        """Stop now: replies still in flight are not sent, the sockets are released."""
+        self._run_scope.cancel()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        kind = self.endpoint.kind
-        if kind.is_datagram:
-            await self._run_udp(task_status)
-        elif kind.is_path:
-            await self._run_unix(task_status)
-        else:
-            await self._run_tcp(task_status)
+        try:
+            with self._run_scope:
+                if self.endpoint.kind.is_datagram:
+                    await self._run_udp(task_status)
+                else:
+                    await self._serve_streams(self._bound.streams, task_status)
+        finally:
+            self._bound.close()
 
     # --- datagram -------------------------------------------------------------------
 
     async def _run_udp(self, task_status: trio.TaskStatus[None]) -> None:
-        family = stdsocket.AF_INET6 if self.endpoint.kind is Kind.UDP6 else stdsocket.AF_INET
-        # A plain non-blocking socket: on the hot path every datagram waiting is read
-        # per wake-up, and replies are sent without trio's per-call wrapping.
-        sock = stdsocket.socket(family, stdsocket.SOCK_DGRAM)
+        sock = self._bound.datagram
+        assert sock is not None
         with sock:
-            sock.setblocking(False)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, UDP_RCVBUF)
-            host = self.endpoint.host
-            if host == "*":
-                host = "::" if family == stdsocket.AF_INET6 else "0.0.0.0"
-            try:
-                sock.bind((host, self.endpoint.port))
-            except OSError as exc:
-                raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
             recvfrom = sock.recvfrom
             handle = self._on_datagram
 
@@ -130,39 +240,6 @@ class Listener:
             await trio.sleep_forever()
 
     # --- streams ----------------------------------------------------------------------
-
-    async def _run_unix(self, task_status: trio.TaskStatus[None]) -> None:
-        path = self.endpoint.path
-        try:
-            remove_stale_socket(path)
-        except SocketPathBusy as exc:
-            raise ListenerError(f"cannot listen on {self.endpoint.kind.value}:{exc}") from None
-        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-        try:
-            await sock.bind(path)
-        except OSError as exc:
-            sock.close()
-            raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
-        try:
-            # The SIP server usually runs as a user of its own. A control socket on
-            # loopback UDP is open to every local user; the unix one is made the same.
-            os.chmod(path, UNIX_SOCKET_MODE)
-            sock.listen(128)
-            listener = trio.SocketListener(sock)
-            await self._serve_streams([listener], task_status)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    async def _run_tcp(self, task_status: trio.TaskStatus[None]) -> None:
-        host: str | None = self.endpoint.host
-        if host == "*":
-            host = None
-        try:
-            listeners = await trio.open_tcp_listeners(self.endpoint.port, host=host)
-        except OSError as exc:
-            raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
-        await self._serve_streams(listeners, task_status)
 
     async def _serve_streams(
         self, listeners: list[trio.SocketListener], task_status: trio.TaskStatus[None]

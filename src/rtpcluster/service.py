@@ -347,7 +347,7 @@ class Service:
         added = [c for c in new.clusters if c.name not in self.running]
         await self._start_clusters(added, prepared)
         for name, config in wanted.items():
-            if config in added:
+            if any(config.name == new_one.name for new_one in added):
                 continue
             cluster = self.running[name]
             if [str(e) for e in cluster.config.listen] != [str(e) for e in config.listen]:
@@ -364,7 +364,7 @@ class Service:
                     await cluster.add_member(member_config)
                 elif current.config != member_config:
                     await cluster.replace_member(member_config)
-        for name in [n for n in self.running if n not in wanted]:
+        for name in [n for n in self.running if n not in wanted and n not in self._leaving]:
             self._destroy(name)
 
 
@@ -411,8 +411,10 @@ async def _check_member_addresses(
         identity = identities.get(member.name)
         if identity is None:
             if member.name in must_resolve:
-                reason = failures.get(member.name, f"no answer in {RESOLVE_TIMEOUT:g} s")
-                raise ControlError(f"{where}: {address_text(member)!r}: {reason}")
+                late = (
+                    f"cannot resolve {address_text(member)!r}: no answer in {RESOLVE_TIMEOUT:g} s"
+                )
+                raise ControlError(f"{where}: {failures.get(member.name, late)}")
             continue
         first = owners.setdefault(identity, member)
         if first is not member:

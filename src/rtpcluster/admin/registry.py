@@ -28,6 +28,8 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 
+from rtpcluster.failures import describe_failure, primary_error
+
 log = logging.getLogger(__name__)
 
 CtxT = TypeVar("CtxT")
@@ -319,7 +321,8 @@ class Registry(Generic[CtxT]):
             return Reply(error=str(err) or type(err).__name__)
         except Exception as err:
             log.exception("admin command %r failed", " ".join(words))
-            return Reply(error=f"internal error: {type(err).__name__}: {err}")
+            cause = type(primary_error(err)).__name__
+            return Reply(error=f"internal error: {cause}: {describe_failure(err)}")
 
     async def dispatch(self, ctx: CtxT, line: str) -> Reply:
         return await self.dispatch_words(ctx, line.split())

@@ -61,6 +61,8 @@ class BoundSockets:
         self.datagram = datagram
         self.streams = list(streams)
         self._socket_file = socket_file  # (st_dev, st_ino) of the unix socket file we made
+        if socket_file is not None:
+            _socket_file_owners[endpoint.path] = self
 
     def close(self) -> None:
         """Release the sockets, and the unix socket file if it is still ours; idempotent."""
@@ -69,8 +71,18 @@ class BoundSockets:
         for listener in self.streams:
             listener.socket.close()
         if self._socket_file is not None:
-            _unlink_if_same(self.endpoint.path, self._socket_file)
+            path = self.endpoint.path
+            if _socket_file_owners.get(path) is self:
+                del _socket_file_owners[path]
+                _unlink_if_same(path, self._socket_file)
             self._socket_file = None
+
+
+# The newest BoundSockets of each unix socket path in this process. A listener that goes
+# keeps its file until its last connection ends; a successor bound meanwhile has taken
+# the path over (the old file was stale), and only the successor removes the file then.
+# The inode number alone cannot tell: a freed one is given to the next file at once.
+_socket_file_owners: dict[str, BoundSockets] = {}
 
 
 async def bind_endpoint(endpoint: Endpoint) -> BoundSockets:
@@ -114,11 +126,11 @@ async def _bind_unix(endpoint: Endpoint) -> BoundSockets:
         sock.close()
         raise _cannot_listen(endpoint, exc) from None
     try:
-        made = os.stat(path)
         # The SIP server usually runs as a user of its own. A control socket on
         # loopback UDP is open to every local user; the unix one is made the same.
         os.chmod(path, UNIX_SOCKET_MODE)
         sock.listen(128)
+        made = os.stat(path)
     except OSError as exc:
         sock.close()
         with contextlib.suppress(OSError):
@@ -144,10 +156,10 @@ def _cannot_listen(endpoint: Endpoint, error: OSError) -> ListenerError:
 
 
 def _unlink_if_same(path: str, socket_file: tuple[int, int]) -> None:
-    """Remove ``path`` unless it is no longer the file we made (a successor's socket)."""
+    """Remove ``path`` unless another file has been put there since (not ours to remove)."""
     with contextlib.suppress(OSError):
-        now = os.lstat(path)
-        if (now.st_dev, now.st_ino) == socket_file:
+        status = os.lstat(path)
+        if (status.st_dev, status.st_ino) == socket_file:
             os.unlink(path)
 
 

@@ -3,6 +3,8 @@
 A listener moves bytes and frames them the way RTPproxy's own socket of that kind
 does; what a command means is the handler's business. Stopping a listener stops
 accepting new work first and lets the commands already in flight get their replies.
+Binding (:func:`bind_endpoint`) and serving (:class:`Listener`) are separate steps, so a
+change can bind every socket it needs before it stops anything.
 """
 
 from __future__ import annotations

@@ -317,3 +317,37 @@ async def test_a_new_cluster_whose_relay_port_is_busy_is_refused(
             assert await admin("reload") == [refusal]
         assert [line for line in await admin.ok("ls") if "name =" in line] == ["    name = c1"]
         await still_serving(service, admin, listen, [proxy], "after-refused-relay")
+
+
+async def test_a_member_that_hangs_up_says_why_once(
+    rtpproxy: MemberFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "hangs-up.sock"
+    accepted = 0
+    probed_thrice = trio.Event()
+
+    async def hang_up_on_everyone(listener: trio.socket.SocketType) -> None:
+        nonlocal accepted
+        while True:
+            connection, _ = await listener.accept()
+            connection.close()  # no reply: the member's probe fails on each of them
+            accepted += 1
+            if accepted == 3:
+                probed_thrice.set()
+
+    proxy = rtpproxy()
+    cluster = cluster_config([proxy], [f"udp:127.0.0.1:{free_port()}"])
+    hangs_up = member_config("m9", proxy, protocol="unix", address=str(path))
+    cluster = cluster.model_copy(update={"members": [*cluster.members, hangs_up]})
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        await listener.bind(str(path))
+        listener.listen(8)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang_up_on_everyone, listener)
+            async with live_service(tmp_path, Config(clusters=[cluster]), online=1):
+                with trio.fail_after(10):
+                    await probed_thrice.wait()
+            nursery.cancel_scope.cancel()
+    warnings = [r.getMessage() for r in caplog.records if "member m9" in r.getMessage()]
+    assert warnings == [f"member m9 cannot serve: unix:{path}: closed without a reply"]

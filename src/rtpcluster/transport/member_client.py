@@ -378,11 +378,19 @@ class UnixOneShotClient:
         with trio.move_on_after(timeout):
             stream = await _open_stream(self.endpoint)
             async with stream:
-                await stream.send_all(command.encode() + b"\n")
+                try:
+                    await stream.send_all(command.encode() + b"\n")
+                except trio.BrokenResourceError:  # EPIPE or ECONNRESET: it hung up on us
+                    raise MemberUnavailable(f"{self.endpoint}: closed without a reply") from None
                 assembler = ReplyAssembler()
                 received = False
                 while True:
-                    data = await stream.receive_some(RECV_SIZE)
+                    try:
+                        data = await stream.receive_some(RECV_SIZE)
+                    except trio.BrokenResourceError:  # a reset: what came may be cut short
+                        raise MemberUnavailable(
+                            f"{self.endpoint}: closed without a reply"
+                        ) from None
                     if data:
                         received = True
                         assembler.feed(data)

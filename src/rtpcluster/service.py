@@ -270,14 +270,17 @@ class Service:
         log.info("%s: added member %s", cluster, member.name)
 
     async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
-        self._cluster(cluster).remove_member(member, timeout)
+        async with self._changing:
+            self._cluster(cluster).remove_member(member, timeout)
         log.info("%s: draining member %s", cluster, member)
 
     async def suspend_member(self, cluster: str, member: str) -> None:
-        self._cluster(cluster).set_status(member, MemberStatus.SUSPENDED)
+        async with self._changing:
+            self._cluster(cluster).set_status(member, MemberStatus.SUSPENDED)
 
     async def resume_member(self, cluster: str, member: str) -> None:
-        self._cluster(cluster).set_status(member, MemberStatus.ACTIVE)
+        async with self._changing:
+            self._cluster(cluster).set_status(member, MemberStatus.ACTIVE)
 
     async def create_cluster(self, cluster: ClusterConfig) -> None:
         async with self._changing:

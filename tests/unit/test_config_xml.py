@@ -298,6 +298,31 @@ R3 = "cluster 'basic_network', rtpproxy 'RTPPROXY3'"
             "from 0.1 to 60, got '0'",
         ),
         (
+            _original_with(
+                "</rtp_cluster>",
+                "<rtpproxy><name>again</name><protocol>cunix</protocol>"
+                "<address>/var/run/./rtpp0.sock</address></rtpproxy></rtp_cluster>",
+            ),
+            "cluster 'basic_network': rtpproxy 'again': <address>: '/var/run/./rtpp0.sock' "
+            "is already the address of rtpproxy 'RTPPROXY0'",
+        ),
+        (
+            _original_with(
+                "</rtp_cluster>",
+                "<rtpproxy><name>again</name><protocol>udp</protocol>"
+                "<address>127.0.0.1:32323</address></rtpproxy></rtp_cluster>",
+            ),
+            "cluster 'basic_network': rtpproxy 'again': <address>: '127.0.0.1:32323' "
+            "is already the address of rtpproxy 'RTPPROXY1'",
+        ),
+        (
+            _original_with(
+                "</rtp_cluster>", "<heartbeat_interval>1e-9</heartbeat_interval></rtp_cluster>"
+            ),
+            "cluster 'basic_network': <heartbeat_interval>: must be a number of seconds "
+            "from 0.1 to 60, got '1e-9'",
+        ),
+        (
             _original_with("</rtp_cluster>", "<member_timeout>soon</member_timeout></rtp_cluster>"),
             "cluster 'basic_network': <member_timeout>: must be a number of seconds "
             "from 0.05 to 10, got 'soon'",

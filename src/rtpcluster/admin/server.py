@@ -22,7 +22,12 @@ import trio
 from rtpcluster.admin.commands import run_command
 from rtpcluster.cluster.control import ServiceControl
 from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
-from rtpcluster.transport.unixsock import SocketPathBusy, remove_stale_socket
+from rtpcluster.transport.unixsock import (
+    SocketPathBusy,
+    claim_socket_path,
+    release_socket_path,
+    remove_stale_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,7 @@ async def _open_unix_listener(path: str, owner: str | None) -> trio.SocketListen
         if ids is not None:
             os.chown(path, *ids)
         sock.listen(64)
+        claim_socket_path(path)
     except OSError as err:
         sock.close()
         with contextlib.suppress(OSError):
@@ -179,6 +185,7 @@ async def serve_admin(
     finally:
         # No awaits here: under cancellation they would raise before the cleanup is done.
         if path is not None:
+            release_socket_path(path)
             with contextlib.suppress(OSError):
                 os.unlink(path)
         for listener in listeners:

@@ -19,7 +19,12 @@ import trio
 
 from rtpcluster.protocol import MAX_COMMAND_BYTES, LineFramer, ProtocolError
 from rtpcluster.transport.endpoint import Endpoint, Kind
-from rtpcluster.transport.unixsock import SocketPathBusy, remove_stale_socket
+from rtpcluster.transport.unixsock import (
+    SocketPathBusy,
+    claim_socket_path,
+    release_socket_path,
+    remove_stale_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +152,12 @@ class Listener:
             # The SIP server usually runs as a user of its own. A control socket on
             # loopback UDP is open to every local user; the unix one is made the same.
             os.chmod(path, UNIX_SOCKET_MODE)
+            claim_socket_path(path)
             sock.listen(128)
             listener = trio.SocketListener(sock)
             await self._serve_streams([listener], task_status)
         finally:
+            release_socket_path(path)
             with contextlib.suppress(OSError):
                 os.unlink(path)
 

@@ -13,6 +13,26 @@ class SocketPathBusy(OSError):
     """The path cannot be used; the message says why."""
 
 
+# Real paths of the unix sockets this process listens on (control, admin, relay). Nothing
+# the process writes on request of a client (a notify relay delivery, an admin ``save``)
+# may land on one of them.
+_OWN_SOCKETS: set[str] = set()
+
+
+def claim_socket_path(path: str) -> None:
+    """Record ``path`` as a socket of this process (call it once bound)."""
+    _OWN_SOCKETS.add(os.path.realpath(path))
+
+
+def release_socket_path(path: str) -> None:
+    _OWN_SOCKETS.discard(os.path.realpath(path))
+
+
+def is_own_socket(path: str) -> bool:
+    """True when ``path`` (after following symlinks) is a socket this process listens on."""
+    return os.path.realpath(path) in _OWN_SOCKETS
+
+
 def remove_stale_socket(path: str) -> None:
     """Remove a socket file left by a dead process; refuse a live one or any other file.
 

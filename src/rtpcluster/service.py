@@ -17,6 +17,7 @@ import logging
 import signal
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 from pydantic import BaseModel
@@ -36,6 +37,8 @@ class ServeOptions:
     config_path: str
     admin_socket: str | None = DEFAULT_ADMIN_SOCKET  # None: no admin socket (tests)
     admin_owner: str | None = None
+    admin_token_file: str | None = None  # every admin connection must authenticate
+    save_dirs: tuple[str, ...] = ()  # where admin `save PATH` may write; () the config's dir
     reopen_log: Callable[[], None] | None = None
     stop_grace: float = 2.0
 
@@ -66,7 +69,14 @@ class Service:
                 from rtpcluster.admin.server import serve_admin
 
                 await nursery.start(
-                    serve_admin, self, self.options.admin_socket, self.options.admin_owner
+                    partial(
+                        serve_admin,
+                        token_file=self.options.admin_token_file,
+                        save_dirs=self.options.save_dirs,
+                    ),
+                    self,
+                    self.options.admin_socket,
+                    self.options.admin_owner,
                 )
             nursery.start_soon(self._watch_signals)
             task_status.started(self)

@@ -88,7 +88,8 @@ class Cluster:
 
     async def _start_listeners(self, nursery: trio.Nursery) -> None:
         for endpoint in self.config.listen:
-            listener = Listener(endpoint, self.on_datagram, self.on_command)
+            options = self.config.listen_options.get(str(endpoint))
+            listener = Listener(endpoint, self.on_datagram, self.on_command, options=options)
             listener.after_batch = self._after_commands
             self.listeners.append(listener)
             await nursery.start(listener.run)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import errno
 import socket as stdsocket
 from pathlib import Path
 
+import pytest
 import trio
+import trio.testing
 
 from rtpcluster.transport.streams import Connection, StreamServer
 from rtpcluster.transport.unixsock import claim_socket_path, is_own_socket, release_socket_path
@@ -143,3 +147,40 @@ def test_own_socket_registry(tmp_path: Path) -> None:
     assert is_own_socket(str(link))
     release_socket_path(str(path))
     assert not is_own_socket(str(path))
+
+
+class ExhaustedListener:
+    """accept(2) out of descriptors but for every other call: one is freed by each drop.
+
+    This is the steady state when a listener allows more connections than the process
+    has descriptors.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.socket = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        self.peers: collections.deque[trio.socket.SocketType] = collections.deque(maxlen=8)
+
+    async def accept(self) -> trio.SocketStream:
+        await trio.lowlevel.checkpoint()
+        self.calls += 1
+        if self.calls % 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        ours, theirs = trio.socket.socketpair()
+        self.peers.append(theirs)  # the oldest peers are closed as they fall out
+        return trio.SocketStream(ours)
+
+
+async def test_sustained_descriptor_shortage_logs_once_a_minute(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = StreamServer("test", _echo, max_connections=4)
+    listener = ExhaustedListener()
+    with trio.move_on_after(150):  # virtual seconds: some 750 failed accept(2) calls
+        await server.serve([listener])  # type: ignore[list-item]
+    assert listener.calls > 1000
+    failed = [r for r in caplog.records if "accept failed" in r.getMessage()]
+    again = [r for r in caplog.records if "accepting again" in r.getMessage()]
+    assert len(failed) == 3  # at 0, 60 and 120 s
+    assert len(again) == 3
+    assert len(server) <= 4

@@ -22,12 +22,16 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
+from rtpcluster.logthrottle import LogThrottle
+
 log = logging.getLogger(__name__)
 
 # accept(2) errors that mean "out of resources, try again later".
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Seconds between accept attempts while out of descriptors: the loop must not spin.
 ACCEPT_RETRY = 0.1
+# At most one line a minute about failing accept(2) calls, and one about recovering.
+ACCEPT_LOG_INTERVAL = 60.0
 # Defaults, overridden per server. 256 connections: a SIP server uses one per worker
 # (Kamailio's default is 8 to 32 children); 60 s idle: RTPproxy clients send a command
 # at least every few seconds while calls run, and reconnect when dropped.
@@ -111,6 +115,7 @@ class StreamServer:
         self._connections: dict[Connection, None] = {}  # insertion order: oldest first
         self.dropped = 0  # connections closed to make room, or refused at the limit
         self._accept_failures = 0  # failed accept(2) calls in the current burst
+        self._accept_log = LogThrottle(ACCEPT_LOG_INTERVAL)
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -150,7 +155,10 @@ class StreamServer:
                 self._accept_failed(exc)
                 await trio.sleep(ACCEPT_RETRY)
                 continue
-            if self._accept_failures:
+            if (
+                self._accept_failures
+                and self._accept_log.allow("again", trio.current_time()) is not None
+            ):
                 log.warning(
                     "%s: accepting again after %d failed attempts",
                     self.name,
@@ -171,8 +179,11 @@ class StreamServer:
             connections.start_soon(self._serve_one, Connection(self, stream))
 
     def _accept_failed(self, exc: OSError) -> None:
+        # Out of descriptors for good (more connections allowed than descriptors), every
+        # retry frees one by a drop, accepts once and fails again: the lines about it
+        # are throttled, or a sustained shortage would log ten of each per second.
         self._accept_failures += 1
-        if self._accept_failures == 1:
+        if self._accept_log.allow("failed", trio.current_time()) is not None:
             log.error(
                 "%s: accept failed: %s; retrying every %.1f s, dropping idle connections",
                 self.name,

@@ -219,7 +219,7 @@ class Service:
             if cluster is None:
                 await self.create_cluster(config)
                 continue
-            if [str(e) for e in cluster.config.listen] != [str(e) for e in config.listen]:
+            if _listeners_changed(cluster.config, config):
                 # listeners moved: restart the cluster (its calls stay on the members)
                 await cluster.stop(self.options.stop_grace)
                 while self.running.get(name) is cluster:
@@ -250,9 +250,10 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         if before is None:
             changes.append(f"cluster {name}: add with {len(config.members)} members")
             continue
-        if [str(e) for e in before.listen] != [str(e) for e in config.listen]:
+        if _listeners_changed(before, config):
             changes.append(f"cluster {name}: listen on {', '.join(map(str, config.listen))}")
-        changes += _field_changes(f"cluster {name}", before, config, skip={"members", "listen"})
+        skip = {"members", "listen", "listen_options"}
+        changes += _field_changes(f"cluster {name}", before, config, skip=skip)
         old_members = {m.name: m for m in before.members}
         for member in old_members.keys() - {m.name for m in config.members}:
             changes.append(f"cluster {name}: member {member}: remove (drain)")
@@ -265,6 +266,12 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
                 changes += _field_changes(where, was, member_config)
     members = sum(len(c.members) for c in new.clusters)
     return ReloadPlan(changes=sorted(changes), clusters=len(new.clusters), members=members)
+
+
+def _listeners_changed(old: ClusterConfig, new: ClusterConfig) -> bool:
+    """Whether the sockets must be reopened: other endpoints, or other attributes."""
+    endpoints = [str(e) for e in old.listen] != [str(e) for e in new.listen]
+    return endpoints or old.listen_options != new.listen_options
 
 
 def _field_changes(

@@ -14,6 +14,14 @@ from tests.integration.harness import stream_command
 from tests.integration.test_admin_live import Admin
 
 
+def mode_of(path: Path) -> int | None:
+    """The socket's permission bits, None while it is being reopened."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
 async def test_mode_owner_and_limits_reach_the_sockets_and_survive_save(tmp_path: Path) -> None:
     uid, gid = os.getuid(), os.getgid()
     narrow, default = tmp_path / "narrow.sock", tmp_path / "default.sock"
@@ -39,4 +47,15 @@ async def test_mode_owner_and_limits_reach_the_sockets_and_survive_save(tmp_path
         assert await Admin(admin_path).ok(f"save {saved}") == [f"Saved to {saved}"]
         assert load_config(saved) == config
         assert f'<listen mode="0660" owner="{uid}:{gid}" max_connections="8">' in saved.read_text()
+
+        # a reload that narrows the mode reopens the socket with it
+        config_path.write_text(saved.read_text().replace('mode="0660"', 'mode="0600"'))
+        admin = Admin(admin_path)
+        assert await admin.ok("reload --dry-run") == [
+            f"cluster c1: listen on unix:{narrow}, cunix:{default}",
+            "Would load 1 clusters and 0 RTP proxies (dry run, nothing changed)",
+        ]
+        await admin.ok("reload")
+        await admin.until("ls", lambda _: mode_of(narrow) == 0o600)
+        assert await stream_command(f"unix:{narrow}", "V", newline=False) == "20040107\n"
         service.stop()

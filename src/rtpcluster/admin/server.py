@@ -24,8 +24,13 @@ import trio
 
 from rtpcluster.admin.commands import run_command
 from rtpcluster.admin.registry import Reply
-from rtpcluster.admin.token import AUTH_WORD, MAX_TOKEN_LENGTH, TokenFileError, is_loopback
-from rtpcluster.admin.token import read_token_file as read_token_file
+from rtpcluster.admin.token import (
+    AUTH_WORD,
+    MAX_TOKEN_LENGTH,
+    TokenFileError,
+    is_loopback,
+    read_token_file,
+)
 from rtpcluster.cluster.control import ServiceControl
 from rtpcluster.logthrottle import LogThrottle
 from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
@@ -246,7 +251,7 @@ async def _open_unix_listener(path: str, owner: str | None) -> trio.SocketListen
 async def _open_tcp_listeners(endpoint: Endpoint) -> list[trio.SocketListener]:
     try:
         host = None if endpoint.host == "*" else endpoint.host
-        return await trio.open_tcp_listeners(endpoint.port, host=host, backlog=LISTEN_BACKLOG)
+        return await trio.open_tcp_listeners(endpoint.port, host=host)
     except OSError as err:
         raise AdminSocketError(f"admin socket {endpoint}: {err.strerror or err}") from None
 

@@ -43,7 +43,6 @@ def _listener(cluster: ClusterConfig, endpoint: Endpoint) -> str:
     options = cluster.listen_options.get(str(endpoint))
     if options is None:
         return str(endpoint)
-    given = [f"{key} {value}" for key, value in options if value is not None]
-    if options.mode is not None:
-        given[0] = f"mode {options.mode:04o}"
+    shown = {**dict(options), "mode": None if options.mode is None else f"{options.mode:04o}"}
+    given = [f"{key} {value}" for key, value in shown.items() if value is not None]
     return f"{endpoint} ({', '.join(given)})"

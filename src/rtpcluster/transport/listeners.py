@@ -240,9 +240,7 @@ class Listener:
         if host == "*":
             host = None
         try:
-            listeners = await trio.open_tcp_listeners(
-                self.endpoint.port, host=host, backlog=LISTEN_BACKLOG
-            )
+            listeners = await trio.open_tcp_listeners(self.endpoint.port, host=host)
         except OSError as exc:
             raise ListenerError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
         await self._serve_streams(listeners, task_status)

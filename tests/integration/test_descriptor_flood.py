@@ -42,11 +42,10 @@ def unix_command(path: Path, text: bytes) -> bytes:
 def descriptors() -> Iterator[tuple[int, int]]:
     """(flood size, the server's limit), scaled to what this test process may open."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = FLOOD + 200
-    if soft < wanted and (hard == resource.RLIM_INFINITY or hard > soft):
-        resource.setrlimit(
-            resource.RLIMIT_NOFILE, (min(wanted, hard) if hard > 0 else wanted, hard)
-        )
+    wanted = FLOOD + 200  # the flood, pytest's own files, the admin client
+    if soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
     available = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     flood = min(FLOOD, available - 200)
     # The server needs room for its own 256 + 32 connections and its base descriptors,

@@ -17,6 +17,7 @@ import logging
 import signal
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 from pydantic import BaseModel
@@ -27,7 +28,12 @@ from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, 
 from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
 from rtpcluster.failures import describe_failure
 from rtpcluster.transport.endpoint import Endpoint
-from rtpcluster.transport.listeners import BoundSockets, ListenerError, bind_endpoint
+from rtpcluster.transport.listeners import (
+    BoundSockets,
+    ListenerError,
+    bind_endpoint,
+    reopen_endpoint,
+)
 from rtpcluster.transport.resolve import ResolveError, SocketIdentity, socket_identity
 
 log = logging.getLogger(__name__)
@@ -43,13 +49,17 @@ class ServeOptions:
     config_path: str
     admin_socket: str | None = DEFAULT_ADMIN_SOCKET  # None: no admin socket (tests)
     admin_owner: str | None = None
+    admin_token_file: str | None = None  # every admin connection must authenticate
+    save_dirs: tuple[str, ...] = ()  # where admin `save PATH` may write; () the config's dir
     reopen_log: Callable[[], None] | None = None
     stop_grace: float = 2.0
 
 
 @dataclass
 class _Prepared:
-    """A change made ready: the control sockets it adds, bound, by cluster name.
+    """A change made ready, by cluster name: the control sockets it adds, bound, and the
+    sockets of kept endpoints whose ``<listen>`` attributes change, shared for their
+    successors (see :func:`~rtpcluster.transport.listeners.reopen_endpoint`).
 
     Whatever is not taken by a cluster is closed with :meth:`close`.
     """
@@ -70,9 +80,9 @@ class Service:
     """Owns the clusters; every change made at run time goes through here.
 
     A change (reload, ``create``, ``modify add``) is made in two steps: first everything
-    that can fail is done without touching what runs (new control sockets bound, member
-    addresses resolved and compared), then it is applied by steps that cannot fail. A
-    refused change leaves the service as it was.
+    that can fail is done without touching what runs (new control sockets bound, a new
+    mode or owner of a socket file tried, member addresses resolved and compared), then
+    it is applied by steps that cannot fail. A refused change leaves the service as it was.
     """
 
     def __init__(self, config: Config, options: ServeOptions) -> None:
@@ -101,7 +111,14 @@ class Service:
                     from rtpcluster.admin.server import serve_admin
 
                     await nursery.start(
-                        serve_admin, self, self.options.admin_socket, self.options.admin_owner
+                        partial(
+                            serve_admin,
+                            token_file=self.options.admin_token_file,
+                            save_dirs=self.options.save_dirs,
+                        ),
+                        self,
+                        self.options.admin_socket,
+                        self.options.admin_owner,
                     )
                 nursery.start_soon(self._watch_signals)
                 task_status.started(self)
@@ -194,7 +211,7 @@ class Service:
     # --- checks made before a change --------------------------------------------------------
 
     async def _prepare(self, new: Config, strict: bool = True) -> _Prepared:
-        """Check ``new`` against what runs and bind the control sockets it adds.
+        """Check ``new`` against what runs; bind the control sockets it adds or reopens.
 
         ``strict`` (a change at run time): new and changed members must resolve. At start
         a member that does not resolve yet only starts offline, and says why in the log.
@@ -216,13 +233,19 @@ class Service:
         running = self.running.get(name)
         if name in self._leaving:
             raise ControlError(f"{name}: the cluster is being destroyed; change it once it is gone")
-        serving = set() if running is None else {str(e) for e in running.config.listen}
+        serving = {} if running is None else {str(li.endpoint): li for li in running.listeners}
         for endpoint in config.listen:
-            if str(endpoint) in serving:
-                continue  # keeps running as it is
-            self._check_not_served(name, endpoint)
+            options = config.listen_options.get(str(endpoint))
+            current = serving.get(str(endpoint))
             try:
-                sockets = await bind_endpoint(endpoint)
+                if current is None:
+                    self._check_not_served(name, endpoint)
+                    sockets = await bind_endpoint(endpoint, options)
+                elif current.bound.options != options:
+                    # Other <listen> attributes: a successor serves the same sockets.
+                    sockets = reopen_endpoint(current.bound, options)
+                else:
+                    continue  # keeps running as it is
             except ListenerError as exc:
                 raise ControlError(f"{name}: {exc}") from None
             prepared.bound.setdefault(name, []).append(sockets)
@@ -353,10 +376,8 @@ class Service:
             if any(config.name == new_one.name for new_one in added):
                 continue
             cluster = self.running[name]
-            if [str(e) for e in cluster.config.listen] != [str(e) for e in config.listen]:
-                await cluster.change_listeners(
-                    config.listen, prepared.take(name), self.options.stop_grace
-                )
+            if _listeners_changed(cluster.config, config):
+                await cluster.change_listeners(config, prepared.take(name), self.options.stop_grace)
             cluster.update_settings(config)
             members = {m.name: m for m in config.members}
             for old_name in [n for n in cluster.members if n not in members]:
@@ -440,9 +461,10 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         if before is None:
             changes.append(f"cluster {name}: add with {len(config.members)} members")
             continue
-        if [str(e) for e in before.listen] != [str(e) for e in config.listen]:
+        if _listeners_changed(before, config):
             changes.append(f"cluster {name}: listen on {', '.join(map(str, config.listen))}")
-        changes += _field_changes(f"cluster {name}", before, config, skip={"members", "listen"})
+        skip = {"members", "listen", "listen_options"}
+        changes += _field_changes(f"cluster {name}", before, config, skip=skip)
         old_members = {m.name: m for m in before.members}
         for member in old_members.keys() - {m.name for m in config.members}:
             changes.append(f"cluster {name}: member {member}: remove (drain)")
@@ -455,6 +477,12 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
                 changes += _field_changes(where, was, member_config)
     members = sum(len(c.members) for c in new.clusters)
     return ReloadPlan(changes=sorted(changes), clusters=len(new.clusters), members=members)
+
+
+def _listeners_changed(old: ClusterConfig, new: ClusterConfig) -> bool:
+    """Whether the sockets must be reopened: other endpoints, or other attributes."""
+    endpoints = [str(e) for e in old.listen] != [str(e) for e in new.listen]
+    return endpoints or old.listen_options != new.listen_options
 
 
 def _field_changes(

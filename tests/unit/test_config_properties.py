@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from rtpcluster.config import (
     Config,
     ConfigError,
     DisconnectNotify,
+    ListenOptions,
     MemberConfig,
     MemberProtocol,
     MemberStatus,
@@ -86,6 +88,23 @@ def members(draw: st.DrawFn, name: str) -> MemberConfig:
     )
 
 
+OWNERS = st.sampled_from([f"{os.getuid()}:{os.getgid()}", pwd.getpwuid(os.getuid()).pw_name])
+
+
+@st.composite
+def listen_options(draw: st.DrawFn, endpoint: Endpoint) -> ListenOptions | None:
+    """Attributes a ``<listen>`` of this kind may carry (or none)."""
+    if endpoint.kind.is_datagram or draw(st.booleans()):
+        return None
+    path = endpoint.kind.is_path
+    return ListenOptions(
+        mode=draw(st.none() | st.integers(0, 0o777)) if path else None,
+        owner=draw(st.none() | OWNERS) if path else None,
+        max_connections=draw(st.none() | st.integers(1, 65536)),
+        idle_timeout=draw(st.none() | st.floats(1, 86400)),
+    )
+
+
 @st.composite
 def clusters(draw: st.DrawFn, name: str, listen: list[Endpoint]) -> ClusterConfig:
     member_names = draw(st.lists(NAMES, unique=True, max_size=3))
@@ -97,9 +116,11 @@ def clusters(draw: st.DrawFn, name: str, listen: list[Endpoint]) -> ClusterConfi
             dest_socket_prefix=PATHS,
         )
     )
+    options = {str(endpoint): draw(listen_options(endpoint)) for endpoint in listen}
     return ClusterConfig(
         name=name,
         listen=listen,
+        listen_options={spec: given for spec, given in options.items() if given is not None},
         capacity_limit=draw(st.sampled_from(list(CapacityLimit))),
         disconnect_notify=notify,
         members=_one_per_address([draw(members(member)) for member in member_names]),

@@ -21,13 +21,22 @@ from rtpcluster.admin.client import (
     AdminTimeoutError,
     send_command,
 )
+from rtpcluster.admin.saving import check_save_dirs
 from rtpcluster.admin.server import (
     DEFAULT_ADMIN_SOCKET,
     AdminSocketError,
+    check_exposure,
     parse_admin_spec,
     parse_owner,
 )
-from rtpcluster.daemon import DEFAULT_LOGFILE, DEFAULT_PIDFILE, Daemon, DaemonError
+from rtpcluster.admin.token import TokenFileError, read_token_file
+from rtpcluster.daemon import (
+    DEFAULT_LOGFILE,
+    DEFAULT_PIDFILE,
+    Daemon,
+    DaemonError,
+    raise_descriptor_limit,
+)
 
 if TYPE_CHECKING:
     from rtpcluster.config import Config
@@ -100,6 +109,7 @@ def _run_foreground(config: Config, options: ServeOptions, level: LogLevel) -> N
     from rtpcluster.service import run_service
 
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    raise_descriptor_limit()
     try:
         trio.run(run_service, config, options)
     except (Exception, BaseExceptionGroup) as err:
@@ -123,6 +133,7 @@ def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: Lo
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     log = logging.getLogger("rtpcluster")
     options.reopen_log = daemon.reopen_log
+    raise_descriptor_limit()
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
@@ -170,6 +181,22 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", case_sensitive=False, help="logging threshold")
     ] = LogLevel.INFO,
+    admin_token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token-file",
+            help="file with the token every admin connection must send first "
+            "(required for a TCP admin socket on a non-loopback address)",
+        ),
+    ] = None,
+    save_dirs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--save-dir",
+            help="directory the admin 'save PATH' may write into (repeatable; "
+            "default: the config file's directory)",
+        ),
+    ] = None,
 ) -> None:
     """Run the cluster service (a daemon unless --foreground)."""
     cfg = _load(config)
@@ -182,13 +209,20 @@ def serve(
         spec = _absolute_admin_spec(admin_socket)
         if owner:
             parse_owner(owner)
-    except AdminSocketError as err:
+        token = read_token_file(admin_token_file) if admin_token_file else None
+        check_exposure(parse_admin_spec(spec), token)
+        check_save_dirs(save_dirs or [])
+    except (AdminSocketError, TokenFileError, ValueError) as err:
         _fail(str(err), EXIT_BAD_INPUT)
 
     from rtpcluster.service import ServeOptions
 
     options = ServeOptions(
-        config_path=os.path.abspath(config), admin_socket=spec, admin_owner=owner or None
+        config_path=os.path.abspath(config),
+        admin_socket=spec,
+        admin_owner=owner or None,
+        admin_token_file=os.path.abspath(admin_token_file) if admin_token_file else None,
+        save_dirs=tuple(os.path.abspath(directory) for directory in save_dirs or []),
     )
     if foreground:
         _run_foreground(cfg, options, log_level)
@@ -201,9 +235,10 @@ def serve(
 
 
 class _CtlTarget:
-    def __init__(self, socket: str, timeout: float) -> None:
+    def __init__(self, socket: str, timeout: float, token: str | None) -> None:
         self.socket = socket
         self.timeout = timeout
+        self.token = token
 
 
 @ctl_app.callback()
@@ -216,8 +251,20 @@ def ctl(
     timeout: Annotated[
         float, typer.Option("--timeout", "-t", help="seconds to wait for the whole reply")
     ] = DEFAULT_TIMEOUT,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file",
+            "--admin-token-file",
+            help="file with the admin token (the service's --admin-token-file)",
+        ),
+    ] = None,
 ) -> None:
-    ctx.obj = _CtlTarget(socket, timeout)
+    try:
+        token = read_token_file(token_file) if token_file else None
+    except TokenFileError as err:
+        _fail(str(err), EXIT_BAD_INPUT)
+    ctx.obj = _CtlTarget(socket, timeout, token)
 
 
 def _send(ctx: typer.Context, *words: str) -> NoReturn:
@@ -225,7 +272,7 @@ def _send(ctx: typer.Context, *words: str) -> NoReturn:
     target: _CtlTarget = ctx.obj
     line = " ".join(word for word in words if word)
     try:
-        lines, ok = send_command(target.socket, line, target.timeout)
+        lines, ok = send_command(target.socket, line, target.timeout, target.token)
     except (AdminConnectError, AdminTimeoutError) as err:
         _fail(str(err), EXIT_BAD_INPUT)
     for reply_line in lines:
@@ -284,7 +331,10 @@ def ctl_reload(
 @ctl_app.command("save")
 def ctl_save(
     ctx: typer.Context,
-    path: Annotated[str | None, typer.Argument(help="file (default: the config file)")] = None,
+    path: Annotated[
+        str | None,
+        typer.Argument(help="file in an allowed directory (default: the config file)"),
+    ] = None,
 ) -> None:
     """Write the running configuration to a file."""
     _send(ctx, "save", path or "")

@@ -28,7 +28,6 @@ from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
 from rtpcluster.failures import describe_failure
 from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
-from rtpcluster.transport.endpoint import Endpoint
 from rtpcluster.transport.listeners import BoundSockets, Listener, SendDatagram
 from rtpcluster.transport.member_client import UdpMemberClient, make_client
 
@@ -103,22 +102,33 @@ class Cluster:
             await nursery.start(listener.run)
 
     async def change_listeners(
-        self, listen: Sequence[Endpoint], bound: Sequence[BoundSockets], grace: float
+        self, config: ClusterConfig, bound: Sequence[BoundSockets], grace: float
     ) -> None:
-        """Serve ``bound`` too and stop the listeners whose endpoint is not in ``listen``.
+        """Serve ``bound`` too; stop the listeners it replaces and those ``config`` drops.
 
-        The new sockets were bound beforehand, so this cannot fail half way. A listener
-        that goes takes no new commands at once and is closed ``grace`` seconds later.
+        ``bound`` holds the sockets of the new endpoints and, for an endpoint kept with
+        other ``<listen>`` attributes, the running listener's own sockets (see
+        :func:`~rtpcluster.transport.listeners.reopen_endpoint`): its successor serves
+        them with the new limits, and the old one stops. Everything that can fail was
+        done beforehand, so this cannot fail half way. A listener that goes takes no new
+        commands at once and is closed ``grace`` seconds later.
         """
         if self._nursery is None:
             raise ControlError(f"{self.name}: cluster is not running")
+        before = list(self.listeners)
         await self._start_listeners(self._nursery, bound)
-        wanted = {str(endpoint) for endpoint in listen}
-        for listener in [li for li in self.listeners if str(li.endpoint) not in wanted]:
+        wanted = {str(endpoint) for endpoint in config.listen}
+        reopened = {str(sockets.endpoint) for sockets in bound}
+        for listener in before:
+            spec = str(listener.endpoint)
+            if spec in wanted and spec not in reopened:
+                continue  # kept as it is
             self.listeners.remove(listener)
             listener.stop_accepting()
             self._nursery.start_soon(_close_after, listener, grace)
-        self.config = self.config.model_copy(update={"listen": list(listen)})
+        self.config = self.config.model_copy(
+            update={"listen": list(config.listen), "listen_options": dict(config.listen_options)}
+        )
         self.router.config = self.config
 
     def _drain_members(self, spin: float = 0.0) -> None:
@@ -385,7 +395,11 @@ class Cluster:
 
     def update_settings(self, config: ClusterConfig) -> None:
         """Apply cluster-level settings that need no restart (timers, capacity limit)."""
-        keep = {"members": self.config.members, "listen": self.config.listen}
+        keep = {
+            "members": self.config.members,
+            "listen": self.config.listen,
+            "listen_options": self.config.listen_options,  # see change_listeners
+        }
         self.config = config.model_copy(update=keep)
         self.router.config = self.config
         self.sessions.idle_timeout = self.config.session_idle_timeout

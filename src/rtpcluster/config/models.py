@@ -193,6 +193,45 @@ class DisconnectNotify(_Frozen):
         return endpoint
 
 
+class ListenOptions(_Frozen):
+    """The attributes of a ``<listen>``; None keeps the listener's default.
+
+    ``mode`` and ``owner`` (unix/cunix) decide who may connect; ``max_connections``
+    and ``idle_timeout`` (every stream kind) bound what connections may hold.
+    """
+
+    mode: int | None = None
+    owner: str | None = None
+    max_connections: int | None = None
+    idle_timeout: float | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> int | None:
+        given = values.optional(value)
+        return None if given is None else values.file_mode(given)
+
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _owner(cls, value: object) -> str | None:
+        given = values.optional(value)
+        return None if given is None else values.socket_owner(given)
+
+    @field_validator("max_connections", mode="before")
+    @classmethod
+    def _max_connections(cls, value: object) -> int | None:
+        given = values.optional(value)
+        if given is None:
+            return None
+        return int(values.bounded(values.positive_integer(given), 1, 65536, value))
+
+    @field_validator("idle_timeout", mode="before")
+    @classmethod
+    def _idle_timeout(cls, value: object) -> float | None:
+        given = values.optional(value)
+        return None if given is None else values.seconds(given, 1, 86400)
+
+
 class ClusterConfig(_Frozen):
     """One ``<rtp_cluster>``: its control sockets, policy, timers and members."""
 
@@ -205,6 +244,8 @@ class ClusterConfig(_Frozen):
     offline_probe_interval: float = 2.0
     member_timeout: float = 0.5  # budget of one command to a member, retransmits included
     session_idle_timeout: float = 3600.0  # forget a call-id with no command for this long
+    # <listen> attributes by str(endpoint); listeners without any are left out.
+    listen_options: dict[str, ListenOptions] = Field(default_factory=dict)
 
     _name = field_validator("name", mode="before")(values.name)
 
@@ -219,6 +260,12 @@ class ClusterConfig(_Frozen):
     def _capacity_limit(cls, value: object) -> CapacityLimit:
         return values.choice(value, CapacityLimit)
 
+    @field_validator("listen_options", mode="after")
+    @classmethod
+    def _listen_options(cls, value: dict[str, ListenOptions]) -> dict[str, ListenOptions]:
+        """Keyed by the endpoint's own text; a listener without attributes has no entry."""
+        return {str(values.endpoint(k)): v for k, v in value.items() if v != ListenOptions()}
+
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
         if not self.listen:
@@ -228,6 +275,7 @@ class ClusterConfig(_Frozen):
             if _socket_key(endpoint) in seen:
                 raise ValueError(f"<listen>: duplicate endpoint {str(endpoint)!r}")
             seen.add(_socket_key(endpoint))
+        _check_listen_options(self.listen, self.listen_options)
         names: set[str] = set()
         for member in self.members:
             if member.name in names:
@@ -284,6 +332,18 @@ def _member_socket_key(endpoint: Endpoint) -> tuple[str, ...]:
     if endpoint.kind.is_path:
         return ("path", os.path.normpath(endpoint.path))
     return (endpoint.kind.value, endpoint.host.lower(), str(endpoint.port))
+
+
+def _check_listen_options(listen: list[Endpoint], options: dict[str, ListenOptions]) -> None:
+    kinds = {str(endpoint): endpoint.kind for endpoint in listen}
+    for spec, given in options.items():
+        kind = kinds.get(spec)
+        if kind is None:
+            raise ValueError(f"<listen> attributes for {spec!r}, which is not a listener")
+        if kind.is_datagram and given != ListenOptions():
+            raise ValueError(f"<listen> {spec}: attributes are only for stream sockets")
+        if not kind.is_path and (given.mode is not None or given.owner is not None):
+            raise ValueError(f"<listen> {spec}: mode and owner are only for unix: and cunix:")
 
 
 def _socket_key(endpoint: Endpoint) -> tuple[str, ...]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote
 
 import trio
 
 from rtpcluster.cluster import balancer
 from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.notify import relay_notify_args
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.protocol import (
     E_BROADCAST,
@@ -47,7 +47,6 @@ BASE_CAPABILITIES = frozenset(
     {"20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102"}
 )
 CAP_WILDCARD_NOTIFY = "20150617"
-NOTIFY_WILDCARD_HOST = "%%CC_SELF%%"
 
 
 def _error(code: int) -> str:
@@ -349,16 +348,10 @@ class Router:
         if member.config.address.kind.is_path:
             return cmd  # a local member reaches the SIP server's socket itself
         relay = self.config.disconnect_notify
-        socket_name = cmd.notify_socket or ""
-        if (
-            relay is not None
-            and member.capabilities.get(CAP_WILDCARD_NOTIFY)
-            and socket_name.startswith(relay.dest_socket_prefix)
-        ):
-            suffix = socket_name[len(relay.dest_socket_prefix) :]
-            tag = quote(f"{suffix} {unquote(cmd.notify_tag or '')}", safe="")
-            port = relay.inbound_address.port
-            return cmd.with_notify(f"tcp:{NOTIFY_WILDCARD_HOST}:{port}", tag)
+        if relay is not None and member.capabilities.get(CAP_WILDCARD_NOTIFY):
+            args = relay_notify_args(relay, cmd.notify_socket or "", cmd.notify_tag or "")
+            if args is not None:
+                return cmd.with_notify(*args)
         return cmd.without_notify()
 
     def _finish(self, member: Member, cmd: Command, reply: str) -> str:

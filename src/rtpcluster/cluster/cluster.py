@@ -56,6 +56,7 @@ class Cluster:
         self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME)
         self.router = Router(config, self.member_list, self.sessions)
         self.listeners: list[Listener] = []
+        self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._stopping = False
@@ -82,8 +83,8 @@ class Cluster:
                 await self._start_listeners(nursery)
                 nursery.start_soon(self._balancer_upkeep)
                 if self.config.disconnect_notify is not None:
-                    relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
-                    await nursery.start(relay.run)
+                    self.notify_relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
+                    await nursery.start(self.notify_relay.run)
                 task_status.started()
 
     async def _start_listeners(self, nursery: trio.Nursery) -> None:

@@ -138,8 +138,8 @@ def load_key_file(path: str) -> bytes:
     except OSError as exc:
         reason = "is a symlink" if exc.errno == errno.ELOOP else exc.strerror
         raise KeyFileError(f"key_file {path}: {reason}") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeyFileError(f"key_file {path}: not a regular file")
         if info.st_uid != os.geteuid():
@@ -151,7 +151,9 @@ def load_key_file(path: str) -> bytes:
                 f"key_file {path}: mode {stat.S_IMODE(info.st_mode):04o} lets other users"
                 " read or change the key; chmod 600 it"
             )
-        text = file.read(256).strip()
+        text = os.read(fd, 256).strip()
+    finally:
+        os.close(fd)
     if not _HEX_KEY.match(text):
         raise KeyFileError(f"key_file {path}: expected {2 * KEY_BYTES} hex digits")
     return bytes.fromhex(text.decode())

@@ -459,6 +459,7 @@ class NotifyRelay:
                     failure = str(exc) or type(exc).__name__
                     continue
                 self.delivered += 1
+                log.debug("notify relay: delivered %r to %s", payload[:-1], destination.path)
                 return
             if write.cancelled_caught:
                 destination.close()

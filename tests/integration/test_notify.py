@@ -13,6 +13,8 @@ import os
 import secrets
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -370,3 +372,33 @@ async def test_connections_from_other_addresses_are_closed(
         await rig.send(rig.line("sip.sock", b"from the member"))
         assert await sip.next_line() == b"from the member"
         assert sip.pending() == []
+
+
+def test_serve_refuses_a_key_file_others_can_read(short_dir: Path) -> None:
+    key_file = short_dir / "notify.key"
+    key_file.write_text(secrets.token_hex(32) + "\n")
+    key_file.chmod(0o644)
+    config = short_dir / "rtp_cluster.xml"
+    config.write_text(
+        f"""<rtp_cluster_config><rtp_cluster><name>c1</name>
+        <protocol>udp</protocol><address>127.0.0.1:{free_port()}</address>
+        <disconnect_notify>
+          <inbound_address>127.0.0.1:{free_port(kind=socket.SOCK_STREAM)}</inbound_address>
+          <dest_socket_prefix>{short_dir}/</dest_socket_prefix>
+          <key_file>{key_file}</key_file>
+        </disconnect_notify></rtp_cluster></rtp_cluster_config>"""
+    )
+    admin = str(short_dir / "admin.sock")
+    result = subprocess.run(
+        [sys.executable, "-m", "rtpcluster", "serve", "-f", "-c", str(config), "-s", admin],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"rtpcluster: disconnect_notify key_file {key_file}: mode 0644 lets other users"
+        " read or change the key; chmod 600 it"
+    )
+    assert "Traceback" not in result.stderr and "Trio nursery" not in result.stderr

@@ -121,7 +121,7 @@ def verify_line(key: bytes, prefix: str, line: bytes) -> Notification | None:
     return Notification(suffix, tag)
 
 
-class KeyFileError(Exception):
+class KeyFileError(OSError):
     """The ``<key_file>`` cannot be used; the message names it and says why."""
 
 

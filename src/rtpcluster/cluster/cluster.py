@@ -347,7 +347,13 @@ class Cluster:
 
     def update_settings(self, config: ClusterConfig) -> None:
         """Apply cluster-level settings that need no restart (timers, capacity limit)."""
-        keep = {"members": self.config.members, "listen": self.config.listen}
+        keep = {
+            "members": self.config.members,
+            "listen": self.config.listen,
+            # the running relay verifies tags with its own prefix and key: the router
+            # must go on issuing them alike until the cluster is restarted
+            "disconnect_notify": self.config.disconnect_notify,
+        }
         self.config = config.model_copy(update=keep)
         self.router.config = self.config
         self.sessions.idle_timeout = self.config.session_idle_timeout

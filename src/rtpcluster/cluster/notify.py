@@ -303,12 +303,9 @@ class NotifyRelay:
         self,
         config: DisconnectNotify,
         members: Callable[[], Sequence[Member]],
-        *,
-        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.config = config
         self._members = members
-        self._write_timeout = write_timeout
         self._key = b""  # set by run()
         self._destinations: dict[str, _Destination] = {}
         self._throttle = LogThrottle(WARN_INTERVAL)
@@ -451,7 +448,7 @@ class NotifyRelay:
                 if failure:
                     break
             assert destination.stream is not None
-            with trio.move_on_after(self._write_timeout) as write:
+            with trio.move_on_after(WRITE_TIMEOUT) as write:
                 try:
                     await destination.stream.send_all(payload)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -463,7 +460,7 @@ class NotifyRelay:
                 return
             if write.cancelled_caught:
                 destination.close()
-                failure = f"does not read (write took more than {self._write_timeout:g} s)"
+                failure = f"does not read (write took more than {WRITE_TIMEOUT:g} s)"
                 break
         self._drop(destination.path, failure)
 

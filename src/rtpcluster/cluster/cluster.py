@@ -25,7 +25,7 @@ from rtpcluster.cluster.reply_cache import ReplyCache
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
-from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
+from rtpcluster.protocol import MAX_DATAGRAM_BYTES, ProtocolError, join_cookie, split_cookie
 from rtpcluster.transport.listeners import Listener, SendDatagram
 from rtpcluster.transport.member_client import UdpMemberClient, make_client
 
@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 UPKEEP_INTERVAL = 1.0
 SPIN = 0.00005  # seconds of polling for a member's reply before sleeping in epoll
 REPLY_CACHE_LIFETIME = 30.0
+# UDP commands in flight at once, all clients together: what they hold (closures, parsed
+# command, the member client's pending entry) is bounded by these. 4,096 is 64 times the
+# most one member has outstanding (32) twice over, and half a second of commands at
+# 10,000/s: a member that hangs holds its commands for member_timeout (0.5 s) before it is
+# taken offline. 8 MiB of datagrams: 1,000 commands of the 8 KiB limit, or all 4,096 at
+# 2 KiB, ten times a long real command.
+MAX_DATAGRAMS_IN_FLIGHT = 4096
+MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 STOP_GRACE = 2.0
 
 
@@ -53,6 +61,11 @@ class Cluster:
         self.members: dict[str, Member] = {}
         self._tasks: dict[str, _MemberTasks] = {}
         self.sessions: SessionTable[Member] = SessionTable(config.session_idle_timeout)
+        # Datagrams answered by no command: without a cookie to answer to (blank, or one
+        # over MAX_COOKIE_BYTES), or refused because MAX_DATAGRAMS_IN_FLIGHT were in flight.
+        self.datagrams_ignored = 0
+        self.datagrams_refused = 0
+        self._inflight_bytes = 0  # command bytes of the datagrams in flight
         self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME)
         self.router = Router(config, self.member_list, self.sessions)
         self.listeners: list[Listener] = []
@@ -133,11 +146,21 @@ class Cluster:
         self._scope.cancel()
 
     def on_datagram(self, data: bytes, addr: Any, send: SendDatagram) -> None:
-        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send."""
+        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send.
+
+        What a datagram may hold is bounded (protocol.cookie: the cookie, the datagram)
+        and so is the work in flight for them all (MAX_DATAGRAMS_IN_FLIGHT commands,
+        MAX_BYTES_IN_FLIGHT bytes): past that a datagram is dropped unanswered, as by a
+        full socket buffer, and the client's retransmit comes back later.
+        """
         try:
             cookie, body = split_cookie(data)
         except ProtocolError:
-            return  # no cookie to answer with
+            self.datagrams_ignored += 1  # no cookie to answer with
+            return
+        if len(data) > MAX_DATAGRAM_BYTES:
+            send(join_cookie(cookie, "E5"), addr)  # cut by the listener: never run a part
+            return
         key = (cookie, addr)
         cache = self.reply_cache
         known = cache.begin(key)
@@ -145,16 +168,27 @@ class Cluster:
             if known:
                 send(known, addr)
             return  # else the first copy is still being worked on: its reply answers both
+        size = len(data)
+        if (
+            self.inflight >= MAX_DATAGRAMS_IN_FLIGHT
+            or self._inflight_bytes + size > MAX_BYTES_IN_FLIGHT
+        ):
+            cache.abandon(key)
+            self.datagrams_refused += 1
+            return
         self.inflight += 1
+        self._inflight_bytes += size
 
         def respond(reply: str) -> None:
             out = join_cookie(cookie, reply)
             cache.finish(key, out)
+            self._inflight_bytes -= size
             self._done_one()
             send(out, addr)
 
         def abandon() -> None:
             cache.abandon(key)  # a retransmit after a restart is worked on afresh
+            self._inflight_bytes -= size
             self._done_one()
 
         self.router.dispatch(body, respond, abandon)
@@ -359,7 +393,8 @@ class Cluster:
     # --- reporting -------------------------------------------------------------------------
 
     def info(self) -> ClusterInfo:
-        counts = self.sessions.counts()
+        """What ``ls`` shows; O(members), never a scan of the session table."""
+        sessions = self.sessions
         now = trio.current_time()
         members = []
         for member in self._member_list:
@@ -377,11 +412,13 @@ class Cluster:
                     active_sessions=member.load,
                     utilisation=member.utilisation,
                     rtt=member.client.rtt,
-                    tracked_calls=counts.get(id(member), 0),
+                    tracked_calls=sessions.count(member),
                     wan_address=cfg.wan_address,
                     lan_address=cfg.lan_address,
                     cmd_out_address=cfg.cmd_out_address,
                     drain_deadline=left,
+                    deferred_deletes=len(member.deferred),
+                    deferred_dropped=member.deferred.dropped,
                 )
             )
         return ClusterInfo(

@@ -21,7 +21,7 @@ from rtpcluster.cluster import health
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
 from rtpcluster.cluster.member import Member
 from rtpcluster.cluster.notify import NotifyRelay
-from rtpcluster.cluster.reply_cache import ReplyCache
+from rtpcluster.cluster.reply_cache import MAX_BYTES, MAX_ENTRIES, ReplyCache
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 UPKEEP_INTERVAL = 1.0
 SPIN = 0.00005  # seconds of polling for a member's reply before sleeping in epoll
 REPLY_CACHE_LIFETIME = 30.0
+REPLY_CACHE_ENTRIES = MAX_ENTRIES
+REPLY_CACHE_BYTES = MAX_BYTES
+# At most one warning a minute that the session table ages early (see upkeep).
+TABLE_FULL_WARNING_INTERVAL = 60.0
 # UDP commands in flight at once, all clients together: what they hold (closures, parsed
 # command, the member client's pending entry) is bounded by these. 4,096 is 64 times the
 # most one member has outstanding (32) twice over, and half a second of commands at
@@ -66,7 +70,7 @@ class Cluster:
         self.datagrams_ignored = 0
         self.datagrams_refused = 0
         self._inflight_bytes = 0  # command bytes of the datagrams in flight
-        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME)
+        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME, REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)
         self.router = Router(config, self.member_list, self.sessions)
         self.listeners: list[Listener] = []
         self._scope = trio.CancelScope()
@@ -214,6 +218,8 @@ class Cluster:
         """
         next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME
         next_session_rotation = trio.current_time() + self.config.session_idle_timeout / 2
+        early_rotations = 0
+        next_full_warning = trio.current_time()
         while True:
             await trio.sleep(UPKEEP_INTERVAL)
             now = trio.current_time()
@@ -225,6 +231,16 @@ class Cluster:
                 if forgotten:
                     log.info("%s: forgot %d idle calls", self.name, forgotten)
                 next_session_rotation = now + self.config.session_idle_timeout / 2
+            if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
+                log.warning(
+                    "%s: session table full (%d calls): aged early %d times, the calls"
+                    " idle longest were forgotten",
+                    self.name,
+                    self.sessions.max_entries,
+                    self.sessions.early_rotations - early_rotations,
+                )
+                early_rotations = self.sessions.early_rotations
+                next_full_warning = now + TABLE_FULL_WARNING_INTERVAL
             for member in list(self._member_list):
                 if member.status is MemberStatus.DRAINING and self._drained(member, now):
                     log.info("%s: member %s drained, removing it", self.name, member.name)

@@ -89,7 +89,7 @@ class Member:
         self.stats_cache: dict[str, int | float] = {}  # last good G value per name
         self.capabilities: dict[str, bool] = {}  # VF date -> supported
         self.failures = 0
-        self.deferred = DeferredDeletes()  # deletes to deliver when it answers again
+        self.deferred = DeferredDeletes(DEFERRED_MAX)  # deletes to deliver when it is back
         self.state_changed = trio.Event()  # set (and replaced) on online/offline changes
         self.drain_deadline: float | None = None
         self.zero_heartbeats = 0  # consecutive heartbeats reporting no active session

@@ -37,6 +37,8 @@ Key = tuple[bytes, Any]  # (cookie, source address)
 
 class ReplyCache:
     __slots__ = (
+        "_half_bytes",
+        "_half_entries",
         "_old",
         "_old_bytes",
         "_young",
@@ -55,6 +57,9 @@ class ReplyCache:
         self.lifetime = lifetime
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        # the young generation rotates before it would pass either
+        self._half_entries = max_entries // 2
+        self._half_bytes = max_bytes // 2
         self._young: dict[Key, bytes] = {}
         self._old: dict[Key, bytes] = {}
         # bytes of cookies and replies held by each generation
@@ -76,14 +81,19 @@ class ReplyCache:
         The result is the cached reply for a finished command, or :data:`IN_FLIGHT`
         for one still being worked on.
         """
-        known = self._young.get(key)
+        young = self._young
+        known = young.get(key)
         if known is None:
             known = self._old.get(key)
             if known is None:
                 size = len(key[0])
-                self._make_room(size)
-                self._young[key] = IN_FLIGHT
-                self._young_bytes += size
+                young_bytes = self._young_bytes + size
+                if len(young) >= self._half_entries or young_bytes > self._half_bytes:
+                    self._make_room(size)
+                    young = self._young
+                    young_bytes = size
+                young[key] = IN_FLIGHT
+                self._young_bytes = young_bytes
                 return None
         return known
 
@@ -91,10 +101,10 @@ class ReplyCache:
         young = self._young
         previous = young.get(key)
         if previous is not None:
-            growth = len(reply) - len(previous)
-            if (self._young_bytes + growth) * 2 <= self.max_bytes:
+            young_bytes = self._young_bytes + len(reply) - len(previous)
+            if young_bytes <= self._half_bytes:
                 young[key] = reply  # the usual case: the in-flight mark becomes the reply
-                self._young_bytes += growth
+                self._young_bytes = young_bytes
                 return
             del young[key]
             self._young_bytes -= len(key[0]) + len(previous)
@@ -128,8 +138,6 @@ class ReplyCache:
         The young generation so never holds more than half of either bound, and the old
         one is a former young one: together they stay within the bounds.
         """
-        if (len(self._young) + 1) * 2 > self.max_entries or (
-            self._young_bytes + size
-        ) * 2 > self.max_bytes:
+        if len(self._young) >= self._half_entries or self._young_bytes + size > self._half_bytes:
             self.early_rotations += 1
             self.rotate()

@@ -68,23 +68,29 @@ class SessionTable(Generic[M]):
         return member
 
     def bind(self, call_id: str, member: M) -> None:
-        previous = self._old.pop(call_id, None)
-        if previous is not None:
-            self._old_counts[previous] -= 1
+        if self._old:
+            previous = self._old.pop(call_id, None)
+            if previous is not None:
+                self._old_counts[previous] -= 1
         young = self._young
         previous = young.get(call_id)
         if previous is None:
-            self._add_young(call_id, member)
-        elif previous is not member:
+            if (len(young) + 1) * 2 > self.max_entries:
+                self._age_early()
+                young = self._young
+        elif previous is member:
+            return
+        else:
             self._young_counts[previous] -= 1
-            young[call_id] = member
-            counts = self._young_counts
-            counts[member] = counts.get(member, 0) + 1
+        young[call_id] = member
+        counts = self._young_counts
+        counts[member] = counts.get(member, 0) + 1
 
     def unbind(self, call_id: str) -> None:
         member = self._young.pop(call_id, None)
         if member is not None:
             self._young_counts[member] -= 1
+            return  # never in both generations
         member = self._old.pop(call_id, None)
         if member is not None:
             self._old_counts[member] -= 1
@@ -119,8 +125,12 @@ class SessionTable(Generic[M]):
     def _add_young(self, call_id: str, member: M) -> None:
         """Put a call not in the young generation into it, ageing the table if it is full."""
         if (len(self._young) + 1) * 2 > self.max_entries:
-            self.early_rotations += 1
-            self.rotate()
+            self._age_early()
         self._young[call_id] = member
         counts = self._young_counts
         counts[member] = counts.get(member, 0) + 1
+
+    def _age_early(self) -> None:
+        """The young generation holds half of ``max_entries``: forget the old one now."""
+        self.early_rotations += 1
+        self.rotate()

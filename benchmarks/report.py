@@ -339,8 +339,9 @@ def render_markdown(results: dict[str, Any], png_name: str) -> str:
                 f"With the calls spread over both generations (an ageing, then every other"
                 f" call used again): {_f(scale['bytes_per_session_two_generations'], '.1f')}"
                 f" bytes per call. When every call has ended the table still holds"
-                f" {scale['bytes_held_after_end'] / 1e6:.1f} MB until the next two ageings"
-                f" replace its dicts (a dict keeps its size when entries leave).",
+                f" {scale['bytes_held_after_end'] / 1e6:.1f} MB (a dict keeps its size"
+                f" when entries leave), {scale.get('bytes_held_after_compact', 0) / 1e6:.1f}"
+                f" MB after the upkeep's compaction.",
             ]
         out.append("")
     elif scale:

@@ -255,6 +255,10 @@ class SessionTableMachine(RuleBasedStateMachine):
             del self.model[cid]
 
     @rule()
+    def compact(self) -> None:
+        self.table.compact()  # gives back room, never calls
+
+    @rule()
     def clear(self) -> None:
         self.table.clear()
         self.model = {}
@@ -276,3 +280,19 @@ class SessionTableMachine(RuleBasedStateMachine):
 
 SessionTableMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
 TestSessionTable = SessionTableMachine.TestCase
+
+
+def test_compact_gives_back_the_room_of_calls_that_ended() -> None:
+    table: SessionTable[Owner] = SessionTable()
+    for i in range(100_000):
+        table.bind(f"call-{i}", A)
+    table.rotate()
+    for i in range(50_000):
+        table.get(f"call-{i}")  # half of them young again
+    assert table.compact() == 0  # both generations are full of calls: nothing to give
+    for i in range(99_000):
+        table.unbind(f"call-{i}")
+    assert table.compact() > 1_000_000
+    assert table.compact() == 0
+    assert len(table) == 1_000 and table.count(A) == 1_000
+    assert table.get("call-99999") is A and table.get("call-0") is None

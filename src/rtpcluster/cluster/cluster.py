@@ -231,6 +231,7 @@ class Cluster:
                 if forgotten:
                     log.info("%s: forgot %d idle calls", self.name, forgotten)
                 next_session_rotation = now + self.config.session_idle_timeout / 2
+            self.sessions.compact()
             if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
                 log.warning(
                     "%s: session table full (%d calls): aged early %d times, the calls"

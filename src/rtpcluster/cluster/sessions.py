@@ -12,12 +12,14 @@ again by asking every member (see docs/routing.md).
 
 Each generation keeps its number of calls per member next to it, updated by every
 operation and dropped with the generation, so :meth:`count` never scans. Every operation
-is O(1) except :meth:`drop_member` (a member leaving the cluster), which is O(n). An entry
-costs one dict slot and its key string (bytes per call: benchmarks/scale.py).
+is O(1) except :meth:`drop_member` (a member leaving the cluster), which is O(n), and
+:meth:`compact` (the upkeep's, after many calls ended). An entry costs one dict slot and
+its key string (bytes per call: benchmarks/scale.py).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Generic, TypeVar
 
 M = TypeVar("M")
@@ -27,6 +29,14 @@ M = TypeVar("M")
 # of 60 such members stay well inside it. Calls leave the table at their D; what stays is
 # live calls and calls that ended without one, until they age out.
 MAX_ENTRIES = 1_000_000
+
+# A dict keeps the room of entries that left it (about 30 bytes each at a million). A
+# generation that takes 8 times what its calls need, and over 1 MiB, is rebuilt by
+# compact(): after many calls end at once their room comes back within an upkeep pass,
+# not when the generation ages out up to session_idle_timeout later.
+_DICT_BYTES_PER_ENTRY = 30
+_COMPACT_FACTOR = 8
+_COMPACT_MIN_BYTES = 1 << 20
 
 
 class SessionTable(Generic[M]):
@@ -122,6 +132,22 @@ class SessionTable(Generic[M]):
         self._old_counts.pop(member, None)
         return dropped
 
+    def compact(self) -> int:
+        """Rebuild a generation far bigger than its calls need; returns the bytes given back.
+
+        O(calls in the rebuilt generation), and only after most of its calls left.
+        """
+        freed = 0
+        held = sys.getsizeof(self._young)
+        if _oversized(held, len(self._young)):
+            self._young = dict(self._young)
+            freed += held - sys.getsizeof(self._young)
+        held = sys.getsizeof(self._old)
+        if _oversized(held, len(self._old)):
+            self._old = dict(self._old)
+            freed += held - sys.getsizeof(self._old)
+        return freed
+
     def _add_young(self, call_id: str, member: M) -> None:
         """Put a call not in the young generation into it, ageing the table if it is full."""
         if (len(self._young) + 1) * 2 > self.max_entries:
@@ -134,3 +160,7 @@ class SessionTable(Generic[M]):
         """The young generation holds half of ``max_entries``: forget the old one now."""
         self.early_rotations += 1
         self.rotate()
+
+
+def _oversized(held: int, entries: int) -> bool:
+    return held > _COMPACT_MIN_BYTES and held > _COMPACT_FACTOR * _DICT_BYTES_PER_ENTRY * entries

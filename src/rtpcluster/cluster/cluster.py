@@ -39,11 +39,11 @@ REPLY_CACHE_BYTES = MAX_BYTES
 # At most one warning a minute that the session table ages early (see upkeep).
 TABLE_FULL_WARNING_INTERVAL = 60.0
 # UDP commands in flight at once, all clients together: what they hold (closures, parsed
-# command, the member client's pending entry) is bounded by these. 4,096 is 64 times the
-# most one member has outstanding (32) twice over, and half a second of commands at
-# 10,000/s: a member that hangs holds its commands for member_timeout (0.5 s) before it is
-# taken offline. 8 MiB of datagrams: 1,000 commands of the 8 KiB limit, or all 4,096 at
-# 2 KiB, ten times a long real command.
+# command, the member client's pending entry) is bounded by these. A member that hangs
+# keeps its commands for member_timeout (0.5 s) before it is taken offline: at 10,000
+# commands/s over two members that is 2,500 in flight, which 4,096 covers. 8 MiB of
+# datagrams: 1,000 commands at the 8 KiB limit, or all 4,096 at 2 KiB, ten times a long
+# real command.
 MAX_DATAGRAMS_IN_FLIGHT = 4096
 MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 STOP_GRACE = 2.0

@@ -8,8 +8,9 @@ from __future__ import annotations
 from rtpcluster.protocol.errors import E_SYNTAX, MAX_COMMAND_BYTES, ProtocolError
 
 #: Longest cookie answered. RTPproxy builds each UDP reply, cookie first, in a 256-byte
-#: buffer (``buf_r[256]`` in rtpp_command.c), so a cookie much longer than 200 bytes never
-#: comes back whole from it. Real clients use 32 hex digits (sippy) or
+#: buffer (``buf_r[256]`` in rtpp_command.c, cut by snprintf): for a much longer cookie
+#: the datagram it sends holds no whole cookie and no reply, nothing a client can match,
+#: so the cluster sends nothing at all. Real clients use 32 hex digits (sippy) or
 #: ``<pid>_<random>_<seq>`` (OpenSIPS, Kamailio): under 40 bytes. 128 is three times
 #: that and still leaves half of RTPproxy's buffer for the reply itself.
 MAX_COOKIE_BYTES = 128

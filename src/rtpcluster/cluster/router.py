@@ -493,8 +493,8 @@ def _ends_call(cmd: Command) -> bool:
     """Does ``cmd``, when it succeeds, end the call on its member?
 
     RTPproxy's ``D call from [to]`` deletes every session of the call whose tag matches
-    either tag (a tag without ``;N`` matches all its media streams): with the clients we
-    know (one session per call-id, tags without ``;N``) that is the whole call. ``Dw``
+    either tag (a tag without ``;N`` matches all its media streams): the clients we know
+    send D without ``;N``, so that is the whole call. ``Dw``
     only drops the weak side and may leave the session alive, so it ends nothing here.
     A D that left some session of the call behind (one of several from-tags, a ``;N``
     stream) costs a broadcast later: the next command for the call finds it again.

@@ -22,12 +22,12 @@ from rtpcluster.cluster import health
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
 from rtpcluster.cluster.member import Member
 from rtpcluster.cluster.notify import NotifyRelay
-from rtpcluster.cluster.reply_cache import ReplyCache
+from rtpcluster.cluster.reply_cache import MAX_BYTES, MAX_ENTRIES, ReplyCache
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
 from rtpcluster.failures import describe_failure
-from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
+from rtpcluster.protocol import MAX_DATAGRAM_BYTES, ProtocolError, join_cookie, split_cookie
 from rtpcluster.transport.listeners import BoundSockets, Listener, SendDatagram
 from rtpcluster.transport.member_client import UdpMemberClient, make_client
 
@@ -36,6 +36,18 @@ log = logging.getLogger(__name__)
 UPKEEP_INTERVAL = 1.0
 SPIN = 0.00005  # seconds of polling for a member's reply before sleeping in epoll
 REPLY_CACHE_LIFETIME = 30.0
+REPLY_CACHE_ENTRIES = MAX_ENTRIES
+REPLY_CACHE_BYTES = MAX_BYTES
+# At most one warning a minute that the session table ages early (see upkeep).
+TABLE_FULL_WARNING_INTERVAL = 60.0
+# UDP commands in flight at once, all clients together: what they hold (closures, parsed
+# command, the member client's pending entry) is bounded by these. A member that hangs
+# keeps its commands for member_timeout (0.5 s) before it is taken offline: at 10,000
+# commands/s over two members that is 2,500 in flight, which 4,096 covers. 8 MiB of
+# datagrams: 1,000 commands at the 8 KiB limit, or all 4,096 at 2 KiB, ten times a long
+# real command.
+MAX_DATAGRAMS_IN_FLIGHT = 4096
+MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 STOP_GRACE = 2.0
 
 
@@ -55,9 +67,15 @@ class Cluster:
         self.members: dict[str, Member] = {}
         self._tasks: dict[str, _MemberTasks] = {}
         self.sessions: SessionTable[Member] = SessionTable(config.session_idle_timeout)
-        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME)
+        # Datagrams answered by no command: without a cookie to answer to (blank, or one
+        # over MAX_COOKIE_BYTES), or refused because MAX_DATAGRAMS_IN_FLIGHT were in flight.
+        self.datagrams_ignored = 0
+        self.datagrams_refused = 0
+        self._inflight_bytes = 0  # command bytes of the datagrams in flight
+        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME, REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)
         self.router = Router(config, self.member_list, self.sessions)
         self.listeners: list[Listener] = []
+        self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._stopping = False
@@ -90,8 +108,8 @@ class Cluster:
                 await self._start_listeners(nursery, bound)
                 nursery.start_soon(self._balancer_upkeep)
                 if self.config.disconnect_notify is not None:
-                    relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
-                    await nursery.start(relay.run)
+                    self.notify_relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
+                    await nursery.start(self.notify_relay.run)
                 task_status.started()
 
     async def _start_listeners(self, nursery: trio.Nursery, bound: Sequence[BoundSockets]) -> None:
@@ -171,11 +189,21 @@ class Cluster:
         self._scope.cancel()
 
     def on_datagram(self, data: bytes, addr: Any, send: SendDatagram) -> None:
-        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send."""
+        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send.
+
+        What a datagram may hold is bounded (protocol.cookie: the cookie, the datagram)
+        and so is the work in flight for them all (MAX_DATAGRAMS_IN_FLIGHT commands,
+        MAX_BYTES_IN_FLIGHT bytes): past that a datagram is dropped unanswered, as by a
+        full socket buffer, and the client's retransmit comes back later.
+        """
         try:
             cookie, body = split_cookie(data)
         except ProtocolError:
-            return  # no cookie to answer with
+            self.datagrams_ignored += 1  # no cookie to answer with
+            return
+        if len(data) > MAX_DATAGRAM_BYTES:
+            send(join_cookie(cookie, "E5"), addr)  # cut by the listener: never run a part
+            return
         key = (cookie, addr)
         cache = self.reply_cache
         known = cache.begin(key)
@@ -183,16 +211,27 @@ class Cluster:
             if known:
                 send(known, addr)
             return  # else the first copy is still being worked on: its reply answers both
+        size = len(data)
+        if (
+            self.inflight >= MAX_DATAGRAMS_IN_FLIGHT
+            or self._inflight_bytes + size > MAX_BYTES_IN_FLIGHT
+        ):
+            cache.abandon(key)
+            self.datagrams_refused += 1
+            return
         self.inflight += 1
+        self._inflight_bytes += size
 
         def respond(reply: str) -> None:
             out = join_cookie(cookie, reply)
             cache.finish(key, out)
+            self._inflight_bytes -= size
             self._done_one()
             send(out, addr)
 
         def abandon() -> None:
             cache.abandon(key)  # a retransmit after a restart is worked on afresh
+            self._inflight_bytes -= size
             self._done_one()
 
         self.router.dispatch(body, respond, abandon)
@@ -218,6 +257,8 @@ class Cluster:
         """
         next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME
         next_session_rotation = trio.current_time() + self.config.session_idle_timeout / 2
+        early_rotations = 0
+        next_full_warning = trio.current_time()
         while True:
             await trio.sleep(UPKEEP_INTERVAL)
             now = trio.current_time()
@@ -229,6 +270,17 @@ class Cluster:
                 if forgotten:
                     log.info("%s: forgot %d idle calls", self.name, forgotten)
                 next_session_rotation = now + self.config.session_idle_timeout / 2
+            self.sessions.compact()
+            if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
+                log.warning(
+                    "%s: session table full (%d calls): aged early %d times, the calls"
+                    " idle longest were forgotten",
+                    self.name,
+                    self.sessions.max_entries,
+                    self.sessions.early_rotations - early_rotations,
+                )
+                early_rotations = self.sessions.early_rotations
+                next_full_warning = now + TABLE_FULL_WARNING_INTERVAL
             for member in list(self._member_list):
                 if member.status is MemberStatus.DRAINING and self._drained(member, now):
                     log.info("%s: member %s drained, removing it", self.name, member.name)
@@ -399,6 +451,9 @@ class Cluster:
             "members": self.config.members,
             "listen": self.config.listen,
             "listen_options": self.config.listen_options,  # see change_listeners
+            # the running relay verifies tags with its own prefix and key: the router
+            # must go on issuing them alike until the cluster is restarted
+            "disconnect_notify": self.config.disconnect_notify,
         }
         self.config = config.model_copy(update=keep)
         self.router.config = self.config
@@ -412,7 +467,8 @@ class Cluster:
     # --- reporting -------------------------------------------------------------------------
 
     def info(self) -> ClusterInfo:
-        counts = self.sessions.counts()
+        """What ``ls`` shows; O(members), never a scan of the session table."""
+        sessions = self.sessions
         now = trio.current_time()
         members = []
         for member in self._member_list:
@@ -430,11 +486,13 @@ class Cluster:
                     active_sessions=member.load,
                     utilisation=member.utilisation,
                     rtt=member.client.rtt,
-                    tracked_calls=counts.get(id(member), 0),
+                    tracked_calls=sessions.count(member),
                     wan_address=cfg.wan_address,
                     lan_address=cfg.lan_address,
                     cmd_out_address=cfg.cmd_out_address,
                     drain_deadline=left,
+                    deferred_deletes=len(member.deferred),
+                    deferred_dropped=member.deferred.dropped,
                 )
             )
         return ClusterInfo(

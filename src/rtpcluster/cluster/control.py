@@ -34,6 +34,8 @@ class MemberInfo:
     lan_address: str | None = None
     cmd_out_address: str | None = None
     drain_deadline: float | None = None  # seconds left until a forced removal
+    deferred_deletes: int = 0  # deletes kept for delivery when it answers again
+    deferred_dropped: int = 0  # deletes not kept because its queue was full
 
 
 @dataclass(slots=True)

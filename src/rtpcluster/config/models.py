@@ -176,13 +176,22 @@ class DisconnectNotify(_Frozen):
     """``<disconnect_notify>``: relay RTPproxy's session-timeout notifications.
 
     Members connect to ``inbound_address`` (TCP); each notification is written to the
-    unix socket ``dest_socket_prefix`` + the suffix the SIP server asked for.
+    unix socket ``dest_socket_prefix`` + the suffix the SIP server asked for. Tags are
+    signed with a key of this process, or the one kept in ``key_file`` so that calls set
+    up before a restart are still notified.
     """
 
     inbound_address: EndpointValue
     dest_socket_prefix: str
+    key_file: str | None = None
 
-    _prefix = field_validator("dest_socket_prefix", mode="before")(values.text)
+    @field_validator("dest_socket_prefix", "key_file", mode="before")
+    @classmethod
+    def _absolute_path(cls, value: object) -> str:
+        path = values.text(value)
+        if not path.startswith("/"):
+            raise ValueError(f"must be an absolute path, got {path!r}")
+        return path
 
     @field_validator("inbound_address", mode="before")
     @classmethod

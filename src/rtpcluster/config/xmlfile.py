@@ -50,7 +50,7 @@ _CLUSTER_ELEMENTS = (
     *CLUSTER_TIMERS,
     "rtpproxy",
 )
-_NOTIFY_ELEMENTS = ("inbound_address", "dest_socket_prefix")
+_NOTIFY_ELEMENTS = ("inbound_address", "dest_socket_prefix", "key_file")
 _TIMER_DEFAULTS = {name: ClusterConfig.model_fields[name].default for name in CLUSTER_TIMERS}
 
 
@@ -260,10 +260,13 @@ def _cluster_tree(cluster: ClusterConfig) -> dict[str, object]:
     tree["capacity_limit"] = {"@type": CapacityLimit(cluster.capacity_limit).value}
     if cluster.disconnect_notify is not None:
         inbound = cluster.disconnect_notify.inbound_address
-        tree["disconnect_notify"] = {
+        notify = {
             "inbound_address": inbound.address if inbound.kind is Kind.TCP else str(inbound),
             "dest_socket_prefix": cluster.disconnect_notify.dest_socket_prefix,
         }
+        if cluster.disconnect_notify.key_file is not None:
+            notify["key_file"] = cluster.disconnect_notify.key_file
+        tree["disconnect_notify"] = notify
     for key, default in _TIMER_DEFAULTS.items():
         value = getattr(cluster, key)
         if value != default:

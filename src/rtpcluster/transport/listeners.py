@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from rtpcluster.protocol import MAX_COMMAND_BYTES, LineFramer, ProtocolError
+from rtpcluster.protocol import MAX_COMMAND_BYTES, MAX_DATAGRAM_BYTES, LineFramer, ProtocolError
 from rtpcluster.transport.endpoint import Endpoint, Kind
 from rtpcluster.transport.streams import Connection, StreamServer
 from rtpcluster.transport.unixsock import (
@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 UDP_RCVBUF = 4 * 1024 * 1024
 UNIX_SOCKET_MODE = 0o666
 RECV_SIZE = 65536
+# One byte more than the longest datagram taken as a command: the kernel cuts a longer
+# one to this size, and the handler sees by the length that it was too long (it answers
+# E5). Reading no more also keeps a 64 KB flood from costing 64 KB of buffer per datagram.
+DATAGRAM_RECV_SIZE = MAX_DATAGRAM_BYTES + 1
 
 # Stream connections (a <listen> may set its own, see StreamOptions).
 # 256 at once per listener: Kamailio and OpenSIPS hold one per worker process (8 to 32
@@ -424,7 +428,7 @@ class Listener:
                 """Handle every datagram waiting on the socket, without blocking."""
                 while True:
                     try:
-                        data, addr = recvfrom(RECV_SIZE)
+                        data, addr = recvfrom(DATAGRAM_RECV_SIZE)
                     except BlockingIOError:
                         return
                     except OSError:

@@ -118,17 +118,12 @@ def read_state_file(
         if exc.errno == errno.ELOOP:
             raise StateFileError(f"{source}: is a symbolic link; refused") from None
         raise StateFileError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        _check_file(os.fstat(descriptor), source, max_bytes)
+    except BaseException:
+        os.close(descriptor)
+        raise
     with os.fdopen(descriptor, "rb") as stream:
-        info = os.fstat(stream.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise StateFileError(f"{source}: not a regular file; refused")
-        if info.st_uid not in (0, os.geteuid()):
-            # Another user's file (say in a shared directory) must not steer our calls.
-            raise StateFileError(f"{source}: owned by uid {info.st_uid}, not by us; refused")
-        if info.st_size > max_bytes:
-            raise StateFileError(
-                f"{source}: {info.st_size} bytes, more than the {max_bytes} allowed; refused"
-            )
         try:
             state = _parse(stream, source, idle_timeouts, max_bytes, now())
         except OSError as exc:
@@ -136,6 +131,18 @@ def read_state_file(
     if consume:
         _remove_quietly(source)
     return state
+
+
+def _check_file(info: os.stat_result, source: str, max_bytes: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise StateFileError(f"{source}: not a regular file; refused")
+    if info.st_uid not in (0, os.geteuid()):
+        # Another user's file (say in a shared directory) must not steer our calls.
+        raise StateFileError(f"{source}: owned by uid {info.st_uid}, not by us; refused")
+    if info.st_size > max_bytes:
+        raise StateFileError(
+            f"{source}: {info.st_size} bytes, more than the {max_bytes} allowed; refused"
+        )
 
 
 def _parse(
@@ -164,12 +171,13 @@ def _parse(
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise StateFileError(f"{where}: not UTF-8 text") from None
+        if number == 1:
+            elapsed = _header(line.removesuffix("\n"), source, now)
         if not line.endswith("\n"):
             raise StateFileError(f"{where}: incomplete last line (file cut short?)")
-        line = line[:-1]
         if number == 1:
-            elapsed = _header(line, source, now)
             continue
+        line = line[:-1]
         fields = line.split("\t")
         if len(fields) != 4 or not all(fields[:3]):
             raise StateFileError(

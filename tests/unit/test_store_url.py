@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -148,4 +150,14 @@ def test_open_store() -> None:
     assert store.describe().startswith("unix:///run/r.sock?db=1: down")
     with pytest.raises(StoreUrlError):
         open_store("nope://")
-    assert issubclass(StoreUnavailable, Exception)
+
+
+def test_redis_store_without_coredis_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "coredis", None)  # import coredis -> ImportError
+    monkeypatch.delitem(sys.modules, "rtpcluster.store.redis", raising=False)
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store("redis://:hunter2@h/0")
+    message = str(caught.value)
+    assert "pip install 'rtpcluster[redis]'" in message
+    assert "hunter2" not in message and "\n" not in message
+    assert isinstance(open_store("memory"), MemoryStore)  # memory needs nothing

@@ -3,7 +3,8 @@
 1. The caller's side: ``bind()`` / ``refresh()`` / ``unbind()`` timed with timeit, for
    the Redis store (writes queued, nothing sent: no writer runs) and the memory store.
 2. The CPU this process spends per write (the writer's pipelines included).
-3. The bind -> stored delay against a local redis-server on a unix socket: binds paced
+3. The latency of ``lookup()`` (one GET) for hits and misses.
+4. The bind -> stored delay against a local redis-server on a unix socket: binds paced
    at a few rates for a few seconds each (bounded), the delay read from the store's own
    counters (the histogram the metrics will show, plus the mean and the maximum).
 
@@ -110,6 +111,34 @@ async def writer_cpu(url: str, count: int) -> dict[str, object]:
     }
 
 
+async def lookup_latency(url: str, count: int) -> dict[str, object]:
+    """Microseconds per ``lookup()`` (a GET on the writer's connection), hits and misses."""
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    store.configure("c1", 3600.0)
+    hits: list[float] = []
+    misses: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.wait_until_up()
+        for n in range(count):
+            store.bind("c1", f"known-{n}", "m1")
+        await store.flushed()
+        for n in range(count):
+            for call_id, samples in ((f"known-{n}", hits), (f"unknown-{n}", misses)):
+                started = time.perf_counter()
+                await store.lookup("c1", call_id)
+                samples.append((time.perf_counter() - started) * 1e6)
+        nursery.cancel_scope.cancel()
+    c = store.counters
+    summary: dict[str, object] = {"hit": c.reads_hit, "miss": c.reads_miss, "error": c.reads_error}
+    for name, samples in (("hit", hits), ("miss", misses)):
+        samples.sort()
+        summary[f"{name} p50 us"] = round(samples[len(samples) // 2])
+        summary[f"{name} p99 us"] = round(samples[len(samples) * 99 // 100])
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="1000,3000,10000", help="binds per second")
@@ -124,6 +153,7 @@ def main() -> None:
         server.start()
         try:
             print("writer CPU:", trio.run(writer_cpu, server.url, 50_000))
+            print("lookups:", trio.run(lookup_latency, server.url, 2000))
             for rate in (int(r) for r in args.rates.split(",")):
                 print(
                     f"rate {rate}/s for {seconds} s:", trio.run(delays, server.url, rate, seconds)

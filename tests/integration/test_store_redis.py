@@ -225,19 +225,23 @@ async def test_full_queue_during_outage_keeps_the_newest(redis_server: RedisServ
 
 
 async def test_writes_refused_by_the_server_are_counted_not_an_outage(
-    redis_server: RedisServer,
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = make_store(redis_server)
     async with running(store), redis_client(redis_server) as client:
         await client.config_set({"maxmemory": "1", "maxmemory-policy": "noeviction"})
         store.bind("c1", "refused", "m1")
         await store.flushed()
+        store.bind("c1", "refused-too", "m1")
+        await store.flushed()
+        assert len([r for r in caplog.records if "refuses writes" in r.getMessage()]) == 1
         await client.config_set({"maxmemory": "0"})
         store.bind("c1", "accepted", "m1")
         await store.flushed()
         assert await store.lookup("c1", "accepted") == "m1"
         assert await client.exists(["rtpcluster:c1:refused"]) == 0
-    assert store.counters.writes_rejected == 1
+    assert len([r for r in caplog.records if "accepts writes again" in r.getMessage()]) == 1
+    assert store.counters.writes_rejected == 2
     assert store.counters.outages == 0
 
 

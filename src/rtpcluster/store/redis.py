@@ -108,6 +108,7 @@ class RedisStore(SessionStore):
         self._check_due = False  # a lookup missed its deadline: PING now
         self._changed = trio.Event()  # set (and replaced) on every batch and state change
         self._warned = False  # this outage was logged
+        self._refusing = False  # the last batch had writes refused (logged once)
         self._lookups = 0
 
     # --- the hot path: plain, non-blocking calls ---------------------------------------
@@ -257,14 +258,15 @@ class RedisStore(SessionStore):
         if len(refused) < len(errors):  # lost on the way, not refused by the server
             self._queue.failed()
             raise next(error for error in errors if not isinstance(error, ResponseError))
-        if refused:
+        if refused and not self._refusing:  # once until a batch is taken whole again
             log.warning(
-                "session store %s refused %d of %d writes: %s",
+                "session store %s refuses writes (%s); they are counted as rejected",
                 self.url,
-                len(refused),
-                len(batch),
                 _one_line(refused[0]),
             )
+        elif self._refusing and not refused:
+            log.warning("session store %s accepts writes again", self.url)
+        self._refusing = bool(refused)
         self._queue.done(rejected=len(refused))
         self._signal()
 

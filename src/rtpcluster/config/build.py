@@ -130,8 +130,11 @@ def build_cluster(
     return validated(ClusterConfig, data, context)
 
 
-def build_config(clusters: Sequence[ClusterConfig]) -> Config:
-    return validated(Config, {"clusters": list(clusters)}, "")
+def build_config(clusters: Sequence[ClusterConfig], session_store: str | None = None) -> Config:
+    data: dict[str, object] = {"clusters": list(clusters)}
+    if session_store is not None:
+        data["session_store"] = session_store
+    return validated(Config, data, "")
 
 
 def capacity_limit_type(value: object) -> str:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rtpcluster.config import values
+from rtpcluster.store.url import StoreUrlError, parse_store_url
 from rtpcluster.transport.endpoint import Endpoint, Kind
 
 EndpointValue = Annotated[
@@ -305,6 +306,15 @@ class Config(_Frozen):
     """The whole ``<rtp_cluster_config>``."""
 
     clusters: list[ClusterConfig]
+    session_store: str = "memory"  # <session_store>: memory, redis://, rediss://, unix://
+
+    @field_validator("session_store", mode="before")
+    @classmethod
+    def _session_store(cls, value: object) -> str:
+        try:
+            return parse_store_url(values.text(value)).render()
+        except StoreUrlError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

@@ -69,13 +69,16 @@ def parse_config(text: str | bytes, source: str = "<config>") -> Config:
     if root != ROOT:
         raise ConfigError(f"{source}: root element is <{root}>, expected <{ROOT}>")
     try:
-        top = _children(document[root], ROOT, ("rtp_cluster",))
+        top = _children(document[root], ROOT, ("rtp_cluster", "session_store"))
+        session_store = None
+        if "session_store" in top:
+            session_store = _text(top["session_store"], "session_store")
     except ElementError as exc:
         raise ConfigError(str(exc)) from None
     clusters = [
         _cluster(node, position) for position, node in enumerate(top.get("rtp_cluster", []), 1)
     ]
-    return build_config(clusters)
+    return build_config(clusters, session_store)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -93,7 +96,11 @@ def dump_config(config: Config) -> str:
     Elements of the original format are always written; our additions only when they
     differ from their defaults, so a plain cluster stays readable by the original.
     """
-    document = {ROOT: {"rtp_cluster": [_cluster_tree(cluster) for cluster in config.clusters]}}
+    top: dict[str, object] = {}
+    if config.session_store != Config.model_fields["session_store"].default:
+        top["session_store"] = config.session_store
+    top["rtp_cluster"] = [_cluster_tree(cluster) for cluster in config.clusters]
+    document = {ROOT: top}
     xml: str = xmltodict.unparse(document, pretty=True, indent="  ", short_empty_elements=True)
     return xml + "\n"
 

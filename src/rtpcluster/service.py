@@ -22,12 +22,13 @@ from functools import partial
 import trio
 from pydantic import BaseModel
 
+from rtpcluster.admin.address import DEFAULT_ADMIN_SOCKET
 from rtpcluster.cluster.cluster import Cluster
 from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
 from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
 from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.failures import describe_failure
-from rtpcluster.transport.endpoint import Endpoint
 from rtpcluster.transport.listeners import (
     BoundSockets,
     ListenerError,
@@ -38,7 +39,6 @@ from rtpcluster.transport.resolve import ResolveError, SocketIdentity, socket_id
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADMIN_SOCKET = "/var/run/rtp_cluster.sock"
 # How long the member addresses of one change may take to resolve, all together: a
 # change waits for them, and so do the admin commands behind it.
 RESOLVE_TIMEOUT = 5.0

@@ -16,8 +16,8 @@ import pytest
 import trio
 
 from rtpcluster.config import Config, DisconnectNotify, save_config
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.service import Service
-from rtpcluster.transport.endpoint import Endpoint
 from tests.conftest import MemberFactory
 from tests.integration.harness import (
     UdpControlClient,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtpcluster.config import ClusterConfig, MemberConfig, load_config
-from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.endpoint import Endpoint
 from tests.integration.harness import FAST_TIMERS, UdpControlClient, running_service
 from tests.rtpproxies import free_port
 

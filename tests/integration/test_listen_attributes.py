@@ -12,8 +12,8 @@ import trio
 import trio.testing
 
 from rtpcluster.config import Config, ListenOptions, load_config, save_config
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.service import ServeOptions, run_service
-from rtpcluster.transport.endpoint import Endpoint
 from tests.conftest import MemberFactory
 from tests.integration.harness import cluster_config, stream_command
 from tests.integration.test_admin_live import Admin, live_service

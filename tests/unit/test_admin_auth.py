@@ -18,7 +18,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtpcluster.admin.server import AUTH_TIMEOUT, AdminSocketError, parse_admin_spec, serve_admin
+from rtpcluster.admin.address import AdminSocketError, parse_admin_spec
+from rtpcluster.admin.server import AUTH_TIMEOUT, serve_admin
 from rtpcluster.admin.token import TokenFileError, is_loopback, read_token_file
 from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import FakeControl

@@ -12,16 +12,10 @@ import pytest
 import trio
 import trio.testing
 
+from rtpcluster.admin.address import AdminSocketError, parse_admin_spec, parse_owner
 from rtpcluster.admin.client import AdminConnectError, send_command
-from rtpcluster.admin.server import (
-    IDLE_TIMEOUT,
-    MAX_CONNECTIONS,
-    AdminSocketError,
-    parse_admin_spec,
-    parse_owner,
-    serve_admin,
-)
-from rtpcluster.transport.endpoint import Kind
+from rtpcluster.admin.server import IDLE_TIMEOUT, MAX_CONNECTIONS, serve_admin
+from rtpcluster.endpoint import Kind
 from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import FakeControl
 

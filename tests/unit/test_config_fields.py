@@ -16,7 +16,7 @@ from rtpcluster.config import (
     cluster_from_fields,
     member_from_fields,
 )
-from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.endpoint import Endpoint, Kind
 
 
 def test_member_from_fields_normalises_like_the_xml() -> None:

@@ -27,7 +27,7 @@ from rtpcluster.config import (
     values,
 )
 from rtpcluster.config.models import DRAIN_TIMEOUT_BOUNDS, TIMER_BOUNDS, drain_timeout
-from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.endpoint import Endpoint, Kind
 
 NAMES = st.text(alphabet=st.sampled_from("abcXYZ019_-.:<>&'\"éü"), min_size=1, max_size=12)
 PORTS = st.integers(min_value=1, max_value=65535)

@@ -25,7 +25,7 @@ from rtpcluster.config import (
     save_config,
     summary,
 )
-from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.endpoint import Endpoint, Kind
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtpcluster.transport.endpoint import DEFAULT_PORT, Endpoint, EndpointError, Kind
+from rtpcluster.endpoint import DEFAULT_PORT, Endpoint, EndpointError, Kind
 
 # --- every kind ----------------------------------------------------------------------------
 

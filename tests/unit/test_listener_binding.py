@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from rtpcluster.config.models import ListenOptions
-from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.transport.listeners import Listener, ListenerError, bind_endpoint, reopen_endpoint
 from tests.integration.harness import stream_command
 from tests.rtpproxies import free_port

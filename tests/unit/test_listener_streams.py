@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from rtpcluster.config.models import ListenOptions
-from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.transport.listeners import (
     ONE_SHOT_IDLE_TIMEOUT,
     PERSISTENT_IDLE_TIMEOUT,

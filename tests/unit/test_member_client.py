@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
+from rtpcluster.endpoint import Endpoint, Kind
 from rtpcluster.protocol import MAX_COMMAND_BYTES, MAX_DATAGRAM_BYTES
-from rtpcluster.transport.endpoint import Endpoint, Kind
 from rtpcluster.transport.member_client import (
     TIMER_TICK,
     TOO_LONG_REPLY,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 
-from rtpcluster.admin.server import AdminSocketError, parse_admin_spec
+from rtpcluster.admin.address import AdminSocketError, parse_admin_spec
 from rtpcluster.admin.token import AUTH_WORD
 
 DEFAULT_TIMEOUT = 30.0

@@ -22,35 +22,40 @@ from dataclasses import dataclass
 
 import trio
 
+from rtpcluster.admin.address import (
+    DEFAULT_ADMIN_SOCKET,
+    AdminSocketError,
+    check_exposure,
+    parse_admin_spec,
+    parse_owner,
+)
 from rtpcluster.admin.commands import run_command
 from rtpcluster.admin.registry import Reply
 from rtpcluster.admin.token import (
     AUTH_WORD,
     MAX_TOKEN_LENGTH,
     TokenFileError,
-    is_loopback,
     read_token_file,
 )
 from rtpcluster.cluster.control import ServiceControl
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.logthrottle import LogThrottle
-from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
 from rtpcluster.transport.streams import Connection, StreamServer
 from rtpcluster.transport.unixsock import (
-    SocketOwnerError,
     SocketPathBusy,
     claim_socket_path,
     release_socket_path,
     remove_stale_socket,
     set_socket_access,
 )
-from rtpcluster.transport.unixsock import parse_owner as parse_socket_owner
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADMIN_SOCKET = "/var/run/rtp_cluster.sock"
 MAX_LINE = 64 * 1024
 SOCKET_MODE = 0o660
-RECV_SIZE = 4096
+# Admin lines are short: reading 4 KiB at a time keeps what a client that has not
+# authenticated can make us buffer within MAX_AUTH_LINE + 4 KiB.
+LINE_READ_SIZE = 4096
 LISTEN_BACKLOG = 64
 # 32 connections: `rtpcluster ctl` opens one per command and closes it; that leaves room
 # for several scripts and interactive sessions at once. At the limit the longest idle
@@ -67,53 +72,12 @@ assert len(AUTH_WORD) + 1 + MAX_TOKEN_LENGTH < MAX_AUTH_LINE
 AUTH_LOG_INTERVAL = 60.0
 
 
-class AdminSocketError(Exception):
-    """The admin socket cannot be set up; the message names it and says why."""
-
-
 @dataclass(frozen=True, slots=True)
 class AdminAccess:
     """What a connection must present, and what ``save`` may touch."""
 
     token: str | None = None  # None: no authentication (unix socket, loopback TCP)
     save_dirs: tuple[str, ...] = ()  # () : the configuration file's directory
-
-
-def parse_admin_spec(spec: str) -> Endpoint:
-    """``path`` (absolute or relative), ``unix:path``, ``tcp:HOST:PORT`` or ``tcp6:[::1]:PORT``."""
-    try:
-        endpoint = Endpoint.parse(spec, default_kind=Kind.UNIX)
-    except EndpointError as err:
-        raise AdminSocketError(f"admin socket {spec!r}: {err}") from None
-    if endpoint.kind is Kind.CUNIX:
-        endpoint = Endpoint(kind=Kind.UNIX, path=endpoint.path)
-    if endpoint.kind.is_datagram:
-        raise AdminSocketError(f"admin socket {spec!r}: must be a unix path or tcp:HOST:PORT")
-    return endpoint
-
-
-def check_exposure(endpoint: Endpoint, token: str | None) -> None:
-    """Refuse a TCP admin socket reachable from other hosts when no token guards it."""
-    if endpoint.kind.is_path or token is not None or is_loopback(endpoint):
-        return
-    raise AdminSocketError(
-        f"admin socket {endpoint}: not a loopback address, so other hosts could run every "
-        f"admin command; give --admin-token-file, or listen on 127.0.0.1"
-    )
-
-
-def parse_owner(owner: str) -> tuple[int, int]:
-    """``user``, ``user:group`` or ``:group`` (names or numbers) as (uid, gid).
-
-    -1 leaves that id unchanged; a lone user also sets the user's primary group.
-    """
-    try:
-        return parse_socket_owner(owner)
-    except SocketOwnerError as err:
-        message = str(err)
-        if not message.startswith("owner "):
-            message = f"owner {owner!r}: {message}"
-        raise AdminSocketError(message) from None
 
 
 class _LineTooLong(Exception):
@@ -142,7 +106,7 @@ class _LineReader:
                 rest = bytes(self._buffer).rstrip(b"\r")
                 self._buffer.clear()
                 return rest.decode("utf-8", errors="replace") if rest.strip() else None
-            data = await self._connection.receive_some(RECV_SIZE)
+            data = await self._connection.receive_some(LINE_READ_SIZE)
             if not data:
                 self._ended = True
             self._buffer += data

@@ -13,7 +13,7 @@ import os
 import socket
 import stat
 
-from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.endpoint import Endpoint
 
 # 16 characters at the least: a short token can be guessed over the network. 256 at
 # most: the auth line is the only input read from a client that has not authenticated,

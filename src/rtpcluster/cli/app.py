@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from rtpcluster.admin.address import (
+    DEFAULT_ADMIN_SOCKET,
+    AdminSocketError,
+    check_exposure,
+    parse_admin_spec,
+    parse_owner,
+)
 from rtpcluster.admin.client import (
     DEFAULT_TIMEOUT,
     AdminConnectError,
@@ -22,13 +29,6 @@ from rtpcluster.admin.client import (
     send_command,
 )
 from rtpcluster.admin.saving import check_save_dirs
-from rtpcluster.admin.server import (
-    DEFAULT_ADMIN_SOCKET,
-    AdminSocketError,
-    check_exposure,
-    parse_admin_spec,
-    parse_owner,
-)
 from rtpcluster.admin.token import TokenFileError, read_token_file
 from rtpcluster.daemon import (
     DEFAULT_LOGFILE,

@@ -15,14 +15,23 @@ import logging
 import trio
 
 from rtpcluster.cluster.member import Member
-from rtpcluster.protocol import ProtocolError, parse_command, parse_info_reply
+from rtpcluster.protocol import (
+    CAP_MULTI_STREAM,
+    CAP_NOTIFY,
+    CAP_SUBCOMMANDS,
+    CAP_WILDCARD_NOTIFY,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    parse_command,
+    parse_info_reply,
+)
 from rtpcluster.transport.member_client import MemberError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "20040107"
-REQUIRED_CAPABILITY = "20050322"  # several media streams per call: Kamailio/OpenSIPS need it
-KNOWN_CAPABILITIES = ("20081224", "20150617", "20191015")  # asked once when it comes online
+REQUIRED_CAPABILITY = CAP_MULTI_STREAM  # every SIP server we know refuses a node without it
+# Asked once when a member comes online: what the router and the relay need to know.
+KNOWN_CAPABILITIES = (CAP_NOTIFY, CAP_WILDCARD_NOTIFY, CAP_SUBCOMMANDS)
 HEARTBEAT = parse_command("Ib")
 RETRY_AFTER_FAILED_HEARTBEAT = 0.1
 

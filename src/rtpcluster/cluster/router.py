@@ -18,13 +18,22 @@ from rtpcluster.cluster.member import Member
 from rtpcluster.cluster.notify import relay_notify_args
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.protocol import (
+    BASE_CAPABILITIES,
+    CAP_WILDCARD_NOTIFY,
     E_BROADCAST,
+    E_INFO_MODIFIERS,
+    E_INTERNAL,
     E_MEMBER_TIMEOUT,
+    E_MODIFIERS,
     E_NO_MEMBER,
     E_NO_PICK,
+    E_STATS_MODIFIERS,
     E_STATS_NONE,
+    E_UNKNOWN_COMMAND,
+    PROTOCOL_VERSION,
     Command,
     ProtocolError,
+    error_reply,
     format_info_reply,
     format_stats_reply,
     is_error,
@@ -41,16 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = "20040107"
-# Capabilities every RTPproxy since 2.0 has, whatever its options (20081224 needs -n).
-BASE_CAPABILITIES = frozenset(
-    {"20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102"}
-)
-CAP_WILDCARD_NOTIFY = "20150617"
-
-
-def _error(code: int) -> str:
-    return f"E{code}\n"
+_error = error_reply
 
 
 class Router:
@@ -218,10 +218,10 @@ class Router:
                 return await self._stats(cmd)
             if op == "X":
                 return await self._delete_all()
-            return _error(0)
+            return _error(E_UNKNOWN_COMMAND)
         except Exception:
             log.exception("internal error while routing %r", cmd.serialize()[:200])
-            return _error(E_MEMBER_TIMEOUT)
+            return _error(E_INTERNAL)
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -384,7 +384,7 @@ class Router:
     async def _version(self, cmd: Command) -> str:
         if not cmd.is_vf:
             if cmd.modifiers:
-                return _error(2)
+                return _error(E_MODIFIERS)
             return PROTOCOL_VERSION + "\n"
         online = [m for m in self._members() if m.online]
         date = cmd.args[0]
@@ -418,14 +418,14 @@ class Router:
             return _error(E_NO_MEMBER)
         modifiers = cmd.modifiers.lower()
         if modifiers.strip("bl"):
-            return _error(18)
+            return _error(E_INFO_MODIFIERS)
         totals = merge_stats(m.info for m in online)
         return format_info_reply(totals, with_load="l" in modifiers)
 
     async def _stats(self, cmd: Command) -> str:
         modifiers = cmd.modifiers.lower()
         if modifiers not in ("", "v"):
-            return _error(9)
+            return _error(E_STATS_MODIFIERS)
         verbose = modifiers == "v"
         names = list(cmd.args)
         online = [m for m in self._members() if m.online]

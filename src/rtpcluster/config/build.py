@@ -22,7 +22,7 @@ from rtpcluster.config.models import (
     ListenOptions,
     MemberConfig,
 )
-from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
+from rtpcluster.endpoint import Endpoint, EndpointError, Kind
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -27,8 +27,8 @@ from pydantic import (
 )
 
 from rtpcluster.config import values
+from rtpcluster.endpoint import Endpoint, Kind
 from rtpcluster.store.url import StoreUrlError, parse_store_url
-from rtpcluster.transport.endpoint import Endpoint, Kind
 
 EndpointValue = Annotated[
     Endpoint,

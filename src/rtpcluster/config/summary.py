@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rtpcluster.config.models import ClusterConfig, Config, MemberProtocol
-from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.endpoint import Endpoint
 
 
 def summary(config: Config) -> str:

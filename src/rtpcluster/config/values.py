@@ -15,8 +15,8 @@ import re
 from enum import StrEnum
 from typing import TypeVar
 
-from rtpcluster.transport.endpoint import Endpoint, Kind
-from rtpcluster.transport.unixsock import SocketOwnerError, parse_owner
+from rtpcluster.endpoint import Endpoint, Kind
+from rtpcluster.owner import SocketOwnerError, parse_owner
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _FILE_MODE = re.compile(r"0?[0-7]{3}")

@@ -36,7 +36,7 @@ from rtpcluster.config.models import (
     MemberConfig,
     MemberProtocol,
 )
-from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.endpoint import Endpoint, Kind
 
 ROOT = "rtp_cluster_config"
 _REPEATED = ("rtp_cluster", "rtpproxy", "listen")

@@ -21,14 +21,14 @@ from typing import Any, Protocol
 
 import trio
 
+from rtpcluster.endpoint import Endpoint, Kind
+from rtpcluster.owner import SocketOwnerError, parse_owner
 from rtpcluster.protocol import MAX_COMMAND_BYTES, MAX_DATAGRAM_BYTES, LineFramer, ProtocolError
-from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.transport.buffers import RECV_SIZE, UDP_RCVBUF
 from rtpcluster.transport.streams import Connection, StreamServer
 from rtpcluster.transport.unixsock import (
-    SocketOwnerError,
     SocketPathBusy,
     claim_socket_path,
-    parse_owner,
     release_socket_path,
     remove_stale_socket,
     set_socket_access,
@@ -36,9 +36,7 @@ from rtpcluster.transport.unixsock import (
 
 log = logging.getLogger(__name__)
 
-UDP_RCVBUF = 4 * 1024 * 1024
 UNIX_SOCKET_MODE = 0o666
-RECV_SIZE = 65536
 # One byte more than the longest datagram taken as a command: the kernel cuts a longer
 # one to this size, and the handler sees by the length that it was too long (it answers
 # E5). Reading no more also keeps a 64 KB flood from costing 64 KB of buffer per datagram.
@@ -58,7 +56,6 @@ ONE_SHOT_IDLE_TIMEOUT = 10.0
 # quiet system; clients reconnect when dropped, and the limit above is what bounds
 # descriptors, so this only reaps peers that went away without closing.
 PERSISTENT_IDLE_TIMEOUT = 300.0
-STREAM_RECV_SIZE = 65536
 LISTEN_BACKLOG = 128
 
 # A reply datagram and the address to send it to.
@@ -479,7 +476,7 @@ class Listener:
     async def _serve_persistent(self, connection: Connection) -> None:
         """``cunix:``/``tcp:``: one command per line, replies in order, many per connection."""
         framer = LineFramer()
-        while data := await connection.receive_some(STREAM_RECV_SIZE):
+        while data := await connection.receive_some(RECV_SIZE):
             try:
                 lines = framer.feed(data)
             except ProtocolError as exc:

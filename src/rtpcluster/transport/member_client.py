@@ -19,6 +19,7 @@ from typing import Protocol
 
 import trio
 
+from rtpcluster.endpoint import Endpoint, Kind
 from rtpcluster.protocol import (
     MAX_COMMAND_BYTES,
     MAX_DATAGRAM_BYTES,
@@ -26,10 +27,8 @@ from rtpcluster.protocol import (
     ReplyAssembler,
     split_cookie,
 )
-from rtpcluster.transport.endpoint import Endpoint, Kind
-from rtpcluster.transport.listeners import UDP_RCVBUF
+from rtpcluster.transport.buffers import RECV_SIZE, UDP_RCVBUF
 
-RECV_SIZE = 65536
 MIN_RTO = 0.03
 TIMER_TICK = 0.01  # resolution of retransmits and deadlines
 # Commands sent to one UDP member and not yet answered. RTPproxy keeps the kernel's

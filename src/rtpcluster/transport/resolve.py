@@ -13,7 +13,7 @@ import socket as stdsocket
 
 import trio
 
-from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.endpoint import Endpoint
 
 SocketIdentity = tuple[str, str, int]
 """("path", real path, 0) or ("dgram"/"stream", IP address, port)."""

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import grp
 import os
-import pwd
 import socket
 import stat
 
 
 class SocketPathBusy(OSError):
     """The path cannot be used; the message says why."""
-
-
-class SocketOwnerError(ValueError):
-    """An owner spec that names no user or group; the message says which."""
 
 
 # Real paths of the unix sockets this process listens on (control, admin, relay). Nothing
@@ -63,34 +57,6 @@ def remove_stale_socket(path: str) -> None:
         probe.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-
-
-def parse_owner(owner: str) -> tuple[int, int]:
-    """``user``, ``user:group`` or ``:group`` (names or numbers) as (uid, gid).
-
-    -1 leaves that id unchanged; a lone user also sets the user's primary group.
-    Raises :class:`SocketOwnerError` naming the missing user or group.
-    """
-    user, _, group = owner.strip().partition(":")
-    uid = _resolve(user, "user") if user else -1
-    gid = _resolve(group, "group") if group else -1
-    if user and not group:
-        with contextlib.suppress(KeyError):
-            gid = pwd.getpwuid(uid).pw_gid
-    if uid == -1 and gid == -1:
-        raise SocketOwnerError(f"owner {owner!r}: expected user:group")
-    return uid, gid
-
-
-def _resolve(name: str, kind: str) -> int:
-    if name.isdigit():
-        return int(name)
-    try:
-        if kind == "user":
-            return pwd.getpwnam(name).pw_uid
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise SocketOwnerError(f"no such {kind}: {name}") from None
 
 
 def set_socket_access(path: str, mode: int, owner: tuple[int, int] | None) -> None:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,12 +28,12 @@ from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
 from rtpcluster.failures import describe_failure
 from rtpcluster.protocol import MAX_DATAGRAM_BYTES, ProtocolError, join_cookie, split_cookie
 from rtpcluster.transport.listeners import BoundSockets, Listener, SendDatagram
-from rtpcluster.transport.member_client import UdpMemberClient, make_client
+from rtpcluster.transport.member_client import make_client
+from rtpcluster.transport.pump import DatagramPump
 
 log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 1.0
-SPIN = 0.00005  # seconds of polling for a member's reply before sleeping in epoll
 REPLY_CACHE_LIFETIME = 30.0
 REPLY_CACHE_ENTRIES = MAX_ENTRIES
 REPLY_CACHE_BYTES = MAX_BYTES
@@ -75,6 +74,7 @@ class Cluster:
         self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME, REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)
         self.router = Router(config, self.member_list, self.sessions)
         self.listeners: list[Listener] = []
+        self.pump = DatagramPump()  # the UDP sockets of listeners and members, read together
         self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -114,8 +114,7 @@ class Cluster:
 
     async def _start_listeners(self, nursery: trio.Nursery, bound: Sequence[BoundSockets]) -> None:
         for sockets in bound:
-            listener = Listener(sockets, self.on_datagram, self.on_command)
-            listener.after_batch = self._after_commands
+            listener = Listener(sockets, self.on_datagram, self.on_command, self.pump)
             self.listeners.append(listener)
             await nursery.start(listener.run)
 
@@ -148,35 +147,6 @@ class Cluster:
             update={"listen": list(config.listen), "listen_options": dict(config.listen_options)}
         )
         self.router.config = self.config
-
-    def _drain_members(self, spin: float = 0.0) -> None:
-        """Take the members' replies that are already in.
-
-        Under load a reply is often waiting by the time a batch is done; reading it here
-        saves the trio wake-up of the member's receive task. After a batch of commands
-        (``spin``), while nothing has come yet, keep polling for up to SPIN seconds (about
-        one RTPproxy round trip on loopback): a reply read while still on the CPU skips
-        the scheduler's wake-up latency, which is most of what the cluster adds at low load.
-        """
-        if not self.inflight:
-            return
-        clients = [m.client for m in self._member_list if isinstance(m.client, UdpMemberClient)]
-        deadline = time.perf_counter() + spin
-        while True:
-            got = 0
-            for client in clients:
-                got += client.drain()
-            if got or time.perf_counter() >= deadline:
-                return
-
-    def _after_commands(self) -> None:
-        self._drain_members(SPIN)
-
-    def _drain_all(self) -> None:
-        """After a batch of replies: take the commands and other replies already waiting."""
-        for listener in self.listeners:
-            listener.drain()
-        self._drain_members()
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands, give those in flight ``grace`` seconds, then stop all."""
@@ -300,8 +270,7 @@ class Cluster:
     async def _start_member(self, config: MemberConfig) -> Member:
         if self._nursery is None:
             raise ControlError(f"{self.name}: cluster is not running")
-        member = Member(config)
-        self._hook(member.client)
+        member = Member(config, make_client(config.address, config.cmd_out_address, self.pump))
         tasks = _MemberTasks(member)
         self.members[config.name] = member
         self._tasks[config.name] = tasks
@@ -349,9 +318,8 @@ class Cluster:
                         member.set_online(False)
                         client.close()
                         client = member.client = make_client(
-                            member.config.address, member.config.cmd_out_address
+                            member.config.address, member.config.cmd_out_address, self.pump
                         )
-                        self._hook(client)
                     if not started:
                         started = True
                         task_status.started()
@@ -361,10 +329,6 @@ class Cluster:
                 tasks.embedded = None
         if not started:
             task_status.started()
-
-    def _hook(self, client: object) -> None:
-        if isinstance(client, UdpMemberClient):
-            client.after_batch = self._drain_all
 
     def member(self, name: str) -> Member:
         member = self.members.get(name)
@@ -438,8 +402,7 @@ class Cluster:
             old_tasks = self._tasks.pop(config.name)
             old_tasks.scope.cancel()
             member.set_online(False)
-            member.client = make_client(config.address, config.cmd_out_address)
-            self._hook(member.client)
+            member.client = make_client(config.address, config.cmd_out_address, self.pump)
             tasks = _MemberTasks(member)
             self._tasks[config.name] = tasks
             assert self._nursery is not None

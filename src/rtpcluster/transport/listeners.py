@@ -25,6 +25,7 @@ from rtpcluster.endpoint import Endpoint, Kind
 from rtpcluster.owner import SocketOwnerError, parse_owner
 from rtpcluster.protocol import MAX_COMMAND_BYTES, MAX_DATAGRAM_BYTES, LineFramer, ProtocolError
 from rtpcluster.transport.buffers import RECV_SIZE, UDP_RCVBUF
+from rtpcluster.transport.pump import DatagramPump
 from rtpcluster.transport.streams import Connection, StreamServer
 from rtpcluster.transport.unixsock import (
     SocketPathBusy,
@@ -370,20 +371,21 @@ class Listener:
     """
 
     def __init__(
-        self, bound: BoundSockets, on_datagram: DatagramHandler, on_command: StreamHandler
+        self,
+        bound: BoundSockets,
+        on_datagram: DatagramHandler,
+        on_command: StreamHandler,
+        pump: DatagramPump | None = None,
     ) -> None:
         self.endpoint = bound.endpoint
         self.bound = bound
         self._on_datagram = on_datagram
         self._on_command = on_command
+        # A UDP socket is read through the cluster's pump, with the members' sockets.
+        self._pump = pump or DatagramPump()
         self._run_scope = trio.CancelScope()
         self._accept_scope = trio.CancelScope()
         self._streams = None if self.endpoint.kind.is_datagram else self._stream_server()
-        # Under load, readiness of other sockets is picked up without a trio wake-up:
-        # after each batch the owner's hook may drain them (see Cluster), and others may
-        # call drain() to handle what waits on this one.
-        self.after_batch: Callable[[], None] = _nothing
-        self.drain: Callable[[], None] = _nothing
 
     def stop_accepting(self) -> None:
         """Take no new commands; those in flight still get their replies."""
@@ -421,7 +423,7 @@ class Listener:
                 except OSError:
                     pass  # a full buffer: the client retransmits
 
-            def drain() -> None:
+            def read_ready() -> None:
                 """Handle every datagram waiting on the socket, without blocking."""
                 while True:
                     try:
@@ -436,15 +438,8 @@ class Listener:
                         log.exception("%s: datagram handler failed", self.endpoint)
 
             with self._accept_scope:
-                self.drain = drain
                 task_status.started()
-                try:
-                    while True:
-                        await trio.lowlevel.wait_readable(sock)
-                        drain()
-                        self.after_batch()
-                finally:
-                    self.drain = _nothing
+                await self._pump.pump_commands(sock, read_ready)
             # Stopped accepting: keep the socket for the replies still to come, until the
             # owner cancels us.
             await trio.sleep_forever()
@@ -485,7 +480,3 @@ class Listener:
             for line in lines:
                 reply = await self._on_command(line)
                 await connection.send_all(reply.encode())
-
-
-def _nothing() -> None:
-    pass

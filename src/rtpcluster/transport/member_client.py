@@ -28,6 +28,7 @@ from rtpcluster.protocol import (
     split_cookie,
 )
 from rtpcluster.transport.buffers import RECV_SIZE, UDP_RCVBUF
+from rtpcluster.transport.pump import DatagramPump
 
 MIN_RTO = 0.03
 TIMER_TICK = 0.01  # resolution of retransmits and deadlines
@@ -149,10 +150,6 @@ def _ignore(reply: str | None) -> None:
     del reply
 
 
-def _nothing() -> None:
-    pass
-
-
 class UdpMemberClient:
     """UDP member: one socket, our own cookies, retransmits inside one deadline.
 
@@ -161,13 +158,19 @@ class UdpMemberClient:
     costs no task, event or cancel scope. One timer task retransmits and expires.
     """
 
-    def __init__(self, endpoint: Endpoint, cmd_out_address: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        cmd_out_address: str | None = None,
+        pump: DatagramPump | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.cmd_out_address = cmd_out_address
+        # Its socket is read through the cluster's pump, with the listeners' sockets.
+        self._pump = pump or DatagramPump()
         self._est = _RttEstimator()
         self._pending: dict[bytes, _Pending] = {}  # by cookie
         self._work = trio.Event()  # set when the first command becomes pending
-        self.after_batch: Callable[[], None] = _nothing  # the owner's hook, see Cluster
         self._in_flight = 0  # sent and not answered
         self._queued: deque[bytes] = deque()  # cookies waiting for a slot, oldest first
         self._sock: stdsocket.socket | None = None
@@ -207,19 +210,17 @@ class UdpMemberClient:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._retransmit_loop)
                 task_status.started()
-                await self._receive_loop(sock)
+                await self._pump.pump_replies(sock, self)
         finally:
             self._sock = None
             sock.close()
             self._expire_all()
 
-    async def _receive_loop(self, sock: stdsocket.socket) -> None:
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            self.drain()
-            self.after_batch()
+    @property
+    def awaiting_replies(self) -> bool:
+        return bool(self._pending)
 
-    def drain(self) -> int:
+    def read_ready(self) -> int:
         """Hand every reply waiting on the socket to its callback, without blocking.
 
         Returns how many datagrams were read.
@@ -531,10 +532,12 @@ class StreamMemberClient:
         self._drop()
 
 
-def make_client(endpoint: Endpoint, cmd_out_address: str | None = None) -> MemberClient:
-    """The client that speaks to a member on ``endpoint``."""
+def make_client(
+    endpoint: Endpoint, cmd_out_address: str | None = None, pump: DatagramPump | None = None
+) -> MemberClient:
+    """The client that speaks to a member on ``endpoint``; a UDP one reads through ``pump``."""
     if endpoint.kind.is_datagram:
-        return UdpMemberClient(endpoint, cmd_out_address)
+        return UdpMemberClient(endpoint, cmd_out_address, pump)
     if endpoint.kind is Kind.UNIX:
         return UnixOneShotClient(endpoint)
     return StreamMemberClient(endpoint, cmd_out_address)

@@ -294,8 +294,7 @@ class Service:
 
     async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
         async with self._changing:
-            self._cluster(cluster).remove_member(member, timeout)
-        log.info("%s: draining member %s", cluster, member)
+            self._cluster(cluster).remove_member(member, timeout)  # the member logs its move
 
     async def suspend_member(self, cluster: str, member: str) -> None:
         async with self._changing:
@@ -331,8 +330,7 @@ class Service:
 
     async def _finish_destroy(self, cluster: Cluster) -> None:
         """Wait for the drain of every member, then stop the cluster."""
-        while cluster.members:
-            await trio.sleep(0.5)
+        await cluster.wait_until_empty()
         await cluster.stop(self.options.stop_grace)
         self._leaving.discard(cluster.name)
         log.info("destroyed cluster %s", cluster.name)

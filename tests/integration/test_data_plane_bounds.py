@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from rtpcluster.cluster import cluster as cluster_module
+from rtpcluster.cluster import front as front_module
 from rtpcluster.cluster import member as member_module
 from rtpcluster.protocol import MAX_COOKIE_BYTES
 from rtpcluster.service import Service
@@ -57,10 +58,10 @@ def _active_sessions(info_reply: str) -> int:
 async def test_a_flood_of_huge_cookies_is_ignored_and_the_reply_cache_stays_in_its_bounds(
     rtpproxy: MemberFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cluster_module, "REPLY_CACHE_BYTES", 256 * 1024)
+    monkeypatch.setattr(front_module, "REPLY_CACHE_BYTES", 256 * 1024)
     async with udp_cluster([rtpproxy()]) as (service, client):
         cluster = _cluster(service)
-        cache = cluster.reply_cache
+        cache = cluster.front.reply_cache
         assert cache.max_bytes == 256 * 1024
         # The attack that took the process from 319 MB to 1,958 MB: 65 KB cookie + V.
         # Two at a time (a loopback socket buffer holds three), then a probe: by its
@@ -70,7 +71,7 @@ async def test_a_flood_of_huge_cookies_is_ignored_and_the_reply_cache_stays_in_i
             await client.send_raw(huge)
             await client.send_raw(huge)
             await _probe(client)
-        assert cluster.datagrams_ignored == 1000
+        assert cluster.front.datagrams_ignored == 1000
         assert len(cache) <= 500  # only the probes: no huge cookie is kept
         assert cache.held_bytes < 500 * 40
 
@@ -91,7 +92,7 @@ async def test_a_flood_of_huge_cookies_is_ignored_and_the_reply_cache_stays_in_i
         # one byte more and there is no cookie to answer to
         await client.send_raw(b"c" * (MAX_COOKIE_BYTES + 1) + b" V")
         await _probe(client)
-        assert cluster.datagrams_ignored == 1001
+        assert cluster.front.datagrams_ignored == 1001
 
 
 async def test_a_datagram_over_8191_bytes_gets_e5_and_never_reaches_the_member(
@@ -115,7 +116,7 @@ async def test_a_datagram_over_8191_bytes_gets_e5_and_never_reaches_the_member(
 async def test_commands_in_flight_are_bounded_and_the_rest_dropped_unanswered(
     rtpproxy: MemberFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cluster_module, "MAX_DATAGRAMS_IN_FLIGHT", 16)
+    monkeypatch.setattr(front_module, "MAX_DATAGRAMS_IN_FLIGHT", 16)
     member = rtpproxy()
     async with udp_cluster([member]) as (service, client):
         cluster = _cluster(service)
@@ -126,7 +127,7 @@ async def test_commands_in_flight_are_bounded_and_the_rest_dropped_unanswered(
                 await client.send_raw(b"q%d L held 127.0.0.1 4002 f t" % n)
             replies = [await client.receive() for _ in range(16)]
             assert all(reply.endswith(b" E997\n") for reply in replies)
-            assert cluster.datagrams_refused == 84
+            assert cluster.front.datagrams_refused == 84
             await _probe(client)  # the 84 others got nothing
         finally:
             member.unhang()

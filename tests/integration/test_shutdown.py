@@ -31,7 +31,7 @@ async def test_stop_answers_commands_in_flight_then_closes(
             await client.send_raw(b"late U during 127.0.0.1 4000 f t")
             cluster = service.running["c1"]
             with trio.fail_after(5):
-                while cluster.inflight == 0:
+                while cluster.front.inflight == 0:
                     await trio.sleep(0.001)
             service.stop()
             # the command in flight is answered (its member is hung: E997 after the

@@ -39,9 +39,15 @@ def make_member(
         }
     )
     member = Member(config)
-    member.online = online
-    member.status = status
-    member.removed = removed
+    if online:
+        member.answered_probe()
+    if status is MemberStatus.SUSPENDED:
+        member.suspend()
+    elif status is MemberStatus.DRAINING:
+        member.drain(None)  # one that is not online is removed at once
+    if removed:  # drained to the end; one that is not online is removed at once
+        member.drain(None)
+        member.drain_deadline_reached()
     member.reported_sessions = load
     member.placed_since_report = placed
     return member

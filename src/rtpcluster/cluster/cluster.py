@@ -3,92 +3,81 @@
 ::
 
     cluster nursery
+    ├── task executor         commands that need a task (broadcasts, stream members)
+    ├── member supervisor     a member nursery per member (see cluster.supervisor)
     ├── listener per control endpoint
-    ├── balancer task (session-table aging, reply-cache rotation, drain completion)
-    ├── notify relay (optional)
-    └── member nursery per member: transport client + health task
+    ├── upkeep                session-table aging, reply-cache rotation
+    └── notify relay          optional
+
+It puts the pieces together and holds what the admin plane reads: the front takes the
+commands (cluster.front), the Router decides (cluster.router), the executors carry the
+decisions out (cluster.executors), the supervisor runs the members, and the pump reads
+the UDP sockets of listeners and members together (transport.pump).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import trio
 
-from rtpcluster.cluster import health
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
-from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.executors import InlineExecutor, TaskExecutor
+from rtpcluster.cluster.front import REPLY_CACHE_LIFETIME, CommandFront
+from rtpcluster.cluster.member import DRAINING, Member
 from rtpcluster.cluster.notify import NotifyRelay
-from rtpcluster.cluster.reply_cache import MAX_BYTES, MAX_ENTRIES, ReplyCache
+from rtpcluster.cluster.outcomes import Outcomes
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.cluster.supervisor import MemberSupervisor
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
-from rtpcluster.failures import describe_failure
-from rtpcluster.protocol import MAX_DATAGRAM_BYTES, ProtocolError, join_cookie, split_cookie
-from rtpcluster.transport.listeners import BoundSockets, Listener, SendDatagram
-from rtpcluster.transport.member_client import make_client
+from rtpcluster.transport.listeners import BoundSockets, Listener
 from rtpcluster.transport.pump import DatagramPump
 
 log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL = 1.0
-REPLY_CACHE_LIFETIME = 30.0
-REPLY_CACHE_ENTRIES = MAX_ENTRIES
-REPLY_CACHE_BYTES = MAX_BYTES
 # At most one warning a minute that the session table ages early (see upkeep).
 TABLE_FULL_WARNING_INTERVAL = 60.0
-# UDP commands in flight at once, all clients together: what they hold (closures, parsed
-# command, the member client's pending entry) is bounded by these. A member that hangs
-# keeps its commands for member_timeout (0.5 s) before it is taken offline: at 10,000
-# commands/s over two members that is 2,500 in flight, which 4,096 covers. 8 MiB of
-# datagrams: 1,000 commands at the 8 KiB limit, or all 4,096 at 2 KiB, ten times a long
-# real command.
-MAX_DATAGRAMS_IN_FLIGHT = 4096
-MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 STOP_GRACE = 2.0
-
-
-class _MemberTasks:
-    """The nursery of one member, cancellable on its own."""
-
-    def __init__(self, member: Member) -> None:
-        self.member = member
-        self.scope = trio.CancelScope()
-        self.embedded: Any = None
 
 
 class Cluster:
     def __init__(self, index: int, config: ClusterConfig) -> None:
         self.index = index
-        self.config = config
-        self.members: dict[str, Member] = {}
-        self._tasks: dict[str, _MemberTasks] = {}
+        # The cluster's own settings; its members are the supervisor's (see config).
+        self._settings = config.model_copy(update={"members": []})
         self.sessions: SessionTable[Member] = SessionTable(config.session_idle_timeout)
-        # Datagrams answered by no command: without a cookie to answer to (blank, or one
-        # over MAX_COOKIE_BYTES), or refused because MAX_DATAGRAMS_IN_FLIGHT were in flight.
-        self.datagrams_ignored = 0
-        self.datagrams_refused = 0
-        self._inflight_bytes = 0  # command bytes of the datagrams in flight
-        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME, REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)
-        self.router = Router(config, self.member_list, self.sessions)
-        self.listeners: list[Listener] = []
         self.pump = DatagramPump()  # the UDP sockets of listeners and members, read together
+        self.supervisor = MemberSupervisor(
+            config.name, self._current_settings, self.sessions, self.pump, config.members
+        )
+        self.router = Router(self._settings, self.supervisor.member_list, self.sessions)
+        outcomes = Outcomes(self.sessions)
+        self.tasks = TaskExecutor(self.router, outcomes)
+        self.inline = InlineExecutor(self.router, outcomes, self.tasks)
+        self.front = CommandFront(self.inline.dispatch, self.tasks.handle)
+        self.listeners: list[Listener] = []
         self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._stopping = False
-        self._idle = trio.Event()
-        self.inflight = 0  # commands received and not answered yet
-        self._member_list: list[Member] = []
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return self._settings.name
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The configuration as it runs: the settings and every member, draining ones too."""
+        members = [m.config for m in self.supervisor.member_list()]
+        return self._settings.model_copy(update={"members": members})
+
+    def _current_settings(self) -> ClusterConfig:
+        return self._settings
 
     def member_list(self) -> list[Member]:
-        return self._member_list
+        return self.supervisor.member_list()
 
     # --- running ---------------------------------------------------------------------------
 
@@ -102,19 +91,20 @@ class Cluster:
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.router.nursery = nursery
-                for member_config in self.config.members:
-                    await self._start_member(member_config)
+                await nursery.start(self.tasks.run)
+                await nursery.start(self.supervisor.run)
                 await self._start_listeners(nursery, bound)
-                nursery.start_soon(self._balancer_upkeep)
-                if self.config.disconnect_notify is not None:
-                    self.notify_relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
+                nursery.start_soon(self._upkeep)
+                relay = self._settings.disconnect_notify
+                if relay is not None:
+                    self.notify_relay = NotifyRelay(relay, self.member_list)
                     await nursery.start(self.notify_relay.run)
                 task_status.started()
 
     async def _start_listeners(self, nursery: trio.Nursery, bound: Sequence[BoundSockets]) -> None:
+        front = self.front
         for sockets in bound:
-            listener = Listener(sockets, self.on_datagram, self.on_command, self.pump)
+            listener = Listener(sockets, front.on_datagram, front.on_command, self.pump)
             self.listeners.append(listener)
             await nursery.start(listener.run)
 
@@ -143,103 +133,40 @@ class Cluster:
             self.listeners.remove(listener)
             listener.stop_accepting()
             self._nursery.start_soon(_close_after, listener, grace)
-        self.config = self.config.model_copy(
+        self._settings = self._settings.model_copy(
             update={"listen": list(config.listen), "listen_options": dict(config.listen_options)}
         )
-        self.router.config = self.config
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop taking commands, give those in flight ``grace`` seconds, then stop all."""
-        self._stopping = True
         for listener in self.listeners:
             listener.stop_accepting()
-        if self.inflight:
-            with trio.move_on_after(grace):
-                await self._idle.wait()
+        with trio.move_on_after(grace):
+            await self.front.wait_idle()
         self._scope.cancel()
 
-    def on_datagram(self, data: bytes, addr: Any, send: SendDatagram) -> None:
-        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send.
+    async def _upkeep(self) -> None:
+        """Keeps the tables the hot path reads within their bounds and lifetimes.
 
-        What a datagram may hold is bounded (protocol.cookie: the cookie, the datagram)
-        and so is the work in flight for them all (MAX_DATAGRAMS_IN_FLIGHT commands,
-        MAX_BYTES_IN_FLIGHT bytes): past that a datagram is dropped unanswered, as by a
-        full socket buffer, and the client's retransmit comes back later.
-        """
-        try:
-            cookie, body = split_cookie(data)
-        except ProtocolError:
-            self.datagrams_ignored += 1  # no cookie to answer with
-            return
-        if len(data) > MAX_DATAGRAM_BYTES:
-            send(join_cookie(cookie, "E5"), addr)  # cut by the listener: never run a part
-            return
-        key = (cookie, addr)
-        cache = self.reply_cache
-        known = cache.begin(key)
-        if known is not None:
-            if known:
-                send(known, addr)
-            return  # else the first copy is still being worked on: its reply answers both
-        size = len(data)
-        if (
-            self.inflight >= MAX_DATAGRAMS_IN_FLIGHT
-            or self._inflight_bytes + size > MAX_BYTES_IN_FLIGHT
-        ):
-            cache.abandon(key)
-            self.datagrams_refused += 1
-            return
-        self.inflight += 1
-        self._inflight_bytes += size
-
-        def respond(reply: str) -> None:
-            out = join_cookie(cookie, reply)
-            cache.finish(key, out)
-            self._inflight_bytes -= size
-            self._done_one()
-            send(out, addr)
-
-        def abandon() -> None:
-            cache.abandon(key)  # a retransmit after a restart is worked on afresh
-            self._inflight_bytes -= size
-            self._done_one()
-
-        self.router.dispatch(body, respond, abandon)
-
-    async def on_command(self, data: bytes) -> str:
-        """A command from a stream listener (no cookie, no cache)."""
-        self.inflight += 1
-        try:
-            return await self.router.handle(data)
-        finally:
-            self._done_one()
-
-    def _done_one(self) -> None:
-        self.inflight -= 1
-        if self.inflight == 0 and self._stopping:
-            self._idle.set()
-
-    async def _balancer_upkeep(self) -> None:
-        """The cluster's balancer task: keeps the state placement decisions rest on.
-
-        Placement itself happens inline on each new call (Router + Balancer); this task
-        ages the session table, rotates the reply cache and removes drained members.
+        Placement happens inline on each new call (Router + Balancer), and a drain ends
+        by the member's own move (cluster.member); this task ages the session table and
+        rotates the reply cache.
         """
         next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME
-        next_session_rotation = trio.current_time() + self.config.session_idle_timeout / 2
+        next_session_rotation = trio.current_time() + self._settings.session_idle_timeout / 2
         early_rotations = 0
         next_full_warning = trio.current_time()
         while True:
             await trio.sleep(UPKEEP_INTERVAL)
             now = trio.current_time()
             if now >= next_cache_rotation:
-                self.reply_cache.rotate()
+                self.front.reply_cache.rotate()
                 next_cache_rotation = now + REPLY_CACHE_LIFETIME
             if now >= next_session_rotation:
                 forgotten = self.sessions.rotate()
                 if forgotten:
                     log.info("%s: forgot %d idle calls", self.name, forgotten)
-                next_session_rotation = now + self.config.session_idle_timeout / 2
+                next_session_rotation = now + self._settings.session_idle_timeout / 2
             self.sessions.compact()
             if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
                 log.warning(
@@ -251,181 +178,54 @@ class Cluster:
                 )
                 early_rotations = self.sessions.early_rotations
                 next_full_warning = now + TABLE_FULL_WARNING_INTERVAL
-            for member in list(self._member_list):
-                if member.status is MemberStatus.DRAINING and self._drained(member, now):
-                    log.info("%s: member %s drained, removing it", self.name, member.name)
-                    self._remove_now(member.name)
-
-    @staticmethod
-    def _drained(member: Member, now: float) -> bool:
-        if member.drain_deadline is not None and now >= member.drain_deadline:
-            return True
-        if not member.online:
-            return True
-        # two heartbeats in a row with no session: one is not enough (it may be stale)
-        return member.zero_heartbeats >= 2 and member.placed_since_report == 0
 
     # --- members ---------------------------------------------------------------------------
 
-    async def _start_member(self, config: MemberConfig) -> Member:
-        if self._nursery is None:
-            raise ControlError(f"{self.name}: cluster is not running")
-        member = Member(config, make_client(config.address, config.cmd_out_address, self.pump))
-        tasks = _MemberTasks(member)
-        self.members[config.name] = member
-        self._tasks[config.name] = tasks
-        self._member_list = list(self.members.values())
-        await self._nursery.start(self._run_member, tasks)
-        return member
-
-    async def _run_member(
-        self, tasks: _MemberTasks, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Client and health task of one member; a failure here never reaches the cluster."""
-        member = tasks.member
-        client = member.client
-        started = False
-        reported: str | None = None  # the failure last logged: each one once, not per retry
-        with tasks.scope:
-            try:
-                while True:
-                    try:
-                        if member.config.protocol == "embedded" and tasks.embedded is None:
-                            tasks.embedded = await _start_embedded(member.config)
-                        async with trio.open_nursery() as nursery:
-                            await nursery.start(client.run)
-                            reported = None
-                            if not started:
-                                started = True
-                                task_status.started()
-                            await health.watch(
-                                member,
-                                self.config.heartbeat_interval,
-                                self.config.offline_probe_interval,
-                                self.config.member_timeout,
-                            )
-                    except Exception as exc:
-                        failure = describe_failure(exc)
-                        if failure != reported:
-                            reported = failure
-                            log.warning(
-                                "%s: member %s (%s) failed: %s",
-                                self.name,
-                                member.name,
-                                member.config.address,
-                                failure,
-                            )
-                        member.set_online(False)
-                        client.close()
-                        client = member.client = make_client(
-                            member.config.address, member.config.cmd_out_address, self.pump
-                        )
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await trio.sleep(self.config.offline_probe_interval)
-            finally:
-                client.close()
-                tasks.embedded = None
-        if not started:
-            task_status.started()
+    @property
+    def members(self) -> dict[str, Member]:
+        return self.supervisor.members
 
     def member(self, name: str) -> Member:
-        member = self.members.get(name)
-        if member is None:
-            raise ControlError(f"{name}: RTPproxy not found")
-        return member
+        return self.supervisor.member(name)
 
     async def add_member(self, config: MemberConfig) -> None:
         if config.name in self.members:
             raise ControlError(f"{config.name}: RTPproxy already exists")
-        await self._start_member(config)
-        self.config = self.config.model_copy(update={"members": [*self.config.members, config]})
-        self.router.config = self.config
-
-    def _remove_now(self, name: str) -> None:
-        member = self.members.pop(name, None)
-        tasks = self._tasks.pop(name, None)
-        if member is None:
-            return
-        member.removed = True
-        member.set_online(False)
-        self._member_list = list(self.members.values())
-        self.sessions.drop_member(member)
-        if tasks is not None:
-            tasks.scope.cancel()
-        members = [m for m in self.config.members if m.name != name]
-        self.config = self.config.model_copy(update={"members": members})
-        self.router.config = self.config
+        await self.supervisor.start(config)
 
     def remove_member(self, name: str, timeout: float | None) -> None:
         """Drain: no new calls; removed when its calls have ended or at the deadline."""
-        member = self.member(name)
-        if not member.online:
-            self._remove_now(name)
-            return
-        self._set_status(member, MemberStatus.DRAINING)
-        member.leaving = True
-        if timeout is not None:
-            member.drain_deadline = trio.current_time() + timeout
-        member.zero_heartbeats = 0
+        self.supervisor.drain(self.member(name), timeout)
 
     def set_status(self, name: str, status: MemberStatus) -> None:
-        member = self.member(name)
-        member.drain_deadline = None
-        member.leaving = False
-        self._set_status(member, status)
-
-    def _set_status(self, member: Member, status: MemberStatus) -> None:
-        member.status = status
-        member.config = member.config.model_copy(update={"status": status})
-        members = [member.config if m.name == member.name else m for m in self.config.members]
-        self.config = self.config.model_copy(update={"members": members})
-        self.router.config = self.config
+        self.supervisor.set_status(self.member(name), status)
 
     async def replace_member(self, config: MemberConfig) -> None:
         """Apply a changed member config; an address change reconnects, calls stay bound."""
-        member = self.member(config.name)
-        old = member.config
-        member.config = config
-        member.status = config.status
-        member.drain_deadline = None
-        member.leaving = False
-        members = [config if m.name == config.name else m for m in self.config.members]
-        self.config = self.config.model_copy(update={"members": members})
-        self.router.config = self.config
-        if (
-            old.address != config.address
-            or old.protocol != config.protocol
-            or old.cmd_out_address != config.cmd_out_address
-        ):
-            old_tasks = self._tasks.pop(config.name)
-            old_tasks.scope.cancel()
-            member.set_online(False)
-            member.client = make_client(config.address, config.cmd_out_address, self.pump)
-            tasks = _MemberTasks(member)
-            self._tasks[config.name] = tasks
-            assert self._nursery is not None
-            await self._nursery.start(self._run_member, tasks)
+        await self.supervisor.replace(config)
+
+    async def wait_until_empty(self) -> None:
+        """Return once every member has been drained or removed."""
+        await self.supervisor.wait_until_empty()
 
     def update_settings(self, config: ClusterConfig) -> None:
         """Apply cluster-level settings that need no restart (timers, capacity limit)."""
         keep = {
-            "members": self.config.members,
-            "listen": self.config.listen,
-            "listen_options": self.config.listen_options,  # see change_listeners
+            "members": [],
+            "listen": self._settings.listen,
+            "listen_options": self._settings.listen_options,  # see change_listeners
             # the running relay verifies tags with its own prefix and key: the router
             # must go on issuing them alike until the cluster is restarted
-            "disconnect_notify": self.config.disconnect_notify,
+            "disconnect_notify": self._settings.disconnect_notify,
         }
-        self.config = config.model_copy(update=keep)
-        self.router.config = self.config
-        self.sessions.idle_timeout = self.config.session_idle_timeout
+        self._settings = config.model_copy(update=keep)
+        self.router.apply_settings(self._settings)
+        self.sessions.idle_timeout = self._settings.session_idle_timeout
 
     def lasting_config(self) -> ClusterConfig:
         """The configuration without the members on their way out (what ``save`` writes)."""
-        members = [m for m in self.config.members if not self.members[m.name].leaving]
-        return self.config.model_copy(update={"members": members})
+        members = [m.config for m in self.supervisor.member_list() if m.state is not DRAINING]
+        return self._settings.model_copy(update={"members": members})
 
     # --- reporting -------------------------------------------------------------------------
 
@@ -434,7 +234,7 @@ class Cluster:
         sessions = self.sessions
         now = trio.current_time()
         members = []
-        for member in self._member_list:
+        for member in self.supervisor.member_list():
             cfg = member.config
             left = None if member.drain_deadline is None else max(0.0, member.drain_deadline - now)
             members.append(
@@ -461,8 +261,8 @@ class Cluster:
         return ClusterInfo(
             index=self.index,
             name=self.name,
-            addresses=[str(ep) for ep in self.config.listen],
-            capacity_limit=str(self.config.capacity_limit),
+            addresses=[str(ep) for ep in self._settings.listen],
+            capacity_limit=str(self._settings.capacity_limit),
             members=members,
         )
 
@@ -470,22 +270,3 @@ class Cluster:
 async def _close_after(listener: Listener, grace: float) -> None:
     await trio.sleep(grace)
     listener.close()
-
-
-async def _start_embedded(config: MemberConfig) -> Any:
-    """Start an in-process RTPproxy (the optional rtp-io wheel) listening on the address."""
-    try:
-        import rtp.io
-    except ImportError:
-        raise ControlError(
-            f"{config.name}: protocol embedded needs the rtp-io wheel"
-            " (pip install 'rtpcluster[embedded]')"
-        ) from None
-    args = ["-s", str(config.address), "-F", "-d", "err"]
-    host = config.address.host if not config.address.kind.is_path else "127.0.0.1"
-    args += ["-l", host or "127.0.0.1"]
-    if config.rtp_port_min is not None:
-        args += ["-m", str(config.rtp_port_min)]
-    if config.rtp_port_max is not None:
-        args += ["-M", str(config.rtp_port_max)]
-    return await trio.to_thread.run_sync(lambda: rtp.io.rtpproxy(extra_args=args, modules=[]))

@@ -11,10 +11,12 @@ answers nothing, so it fails on time-outs exactly like a dead one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
-from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.member import Asked, Member
 from rtpcluster.protocol import (
     CAP_MULTI_STREAM,
     CAP_NOTIFY,
@@ -24,15 +26,22 @@ from rtpcluster.protocol import (
     ProtocolError,
     parse_command,
     parse_info_reply,
+    reply_lines,
 )
 from rtpcluster.transport.member_client import MemberError
+
+if TYPE_CHECKING:
+    from rtpcluster.config.models import ClusterConfig
 
 log = logging.getLogger(__name__)
 
 REQUIRED_CAPABILITY = CAP_MULTI_STREAM  # every SIP server we know refuses a node without it
 # Asked once when a member comes online: what the router and the relay need to know.
 KNOWN_CAPABILITIES = (CAP_NOTIFY, CAP_WILDCARD_NOTIFY, CAP_SUBCOMMANDS)
-HEARTBEAT = parse_command("Ib")
+HEARTBEAT = "Ib"
+HEARTBEAT_LINES = reply_lines(parse_command(HEARTBEAT))  # the five of an I reply
+# A failed heartbeat is asked again this soon: a member that hangs is offline after two
+# failures, about 2 x member_timeout after its last answer, not a heartbeat later.
 RETRY_AFTER_FAILED_HEARTBEAT = 0.1
 
 
@@ -57,13 +66,12 @@ async def probe(member: Member, timeout: float) -> str | None:
 async def heartbeat(member: Member, timeout: float) -> bool:
     placed_before = member.placed_since_report
     try:
-        reply = await member.send(HEARTBEAT, timeout)
-        member.heartbeat(parse_info_reply(reply), placed_before)
-    except MemberError:
-        return False  # already counted by Member.send
-    except ProtocolError:
-        member.note_failure()
+        reply = await member.client.request(HEARTBEAT, timeout, HEARTBEAT_LINES)
+        info = parse_info_reply(reply)
+    except (MemberError, ProtocolError):
+        member.record_silence(Asked.HEARTBEAT)
         return False
+    member.heartbeat(info, placed_before)
     return True
 
 
@@ -75,39 +83,52 @@ async def deliver_deferred(member: Member, timeout: float) -> None:
             member.deferred.popleft()
             continue
         try:
-            await member.send(command, timeout)
+            await member.client.request(command, timeout)
         except MemberError:
+            member.record_silence(Asked.DELETE)
             return
+        member.record_answer()
         member.deferred.popleft()
 
 
 async def watch(
     member: Member,
-    heartbeat_interval: float,
-    probe_interval: float,
-    timeout: float,
+    settings: Callable[[], ClusterConfig],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The member's health task: runs until the member's nursery is cancelled."""
+    """The member's health task: runs until the member's nursery is cancelled.
+
+    Started (``task_status``) once the first probe has answered or failed. The timers are
+    read from ``settings`` each round, so a reload changes them for running members too.
+    Going offline and coming back are the member's moves, logged there.
+    """
     reported: str | None = None  # why the last probe failed: logged once, not per probe
+    probed = False
     while True:
+        timers = settings()
+        timeout = timers.member_timeout
         if not member.online:
             unfit = await probe(member, timeout)
             if unfit is None:
                 reported = None
-                log.info("member %s is online", member.name)
-                member.set_online(True)
+                member.answered_probe()
                 await heartbeat(member, timeout)
             else:
                 if unfit != reported:
                     reported = unfit
                     log.warning("member %s cannot serve: %s", member.name, unfit)
-                await trio.sleep(probe_interval)
+                if not probed:
+                    probed = True
+                    task_status.started()
+                await trio.sleep(timers.offline_probe_interval)
                 continue
+        if not probed:
+            probed = True
+            task_status.started()
         if member.deferred:
             await deliver_deferred(member, timeout)
         if await heartbeat(member, timeout):
-            await trio.sleep(heartbeat_interval)
+            await trio.sleep(timers.heartbeat_interval)
         elif member.online:
             await trio.sleep(RETRY_AFTER_FAILED_HEARTBEAT)
-        else:
-            log.warning("member %s is offline", member.name)

@@ -1,23 +1,52 @@
-"""Member: one RTPproxy of a cluster, its configuration and what we know of it now."""
+"""Member: one RTPproxy of a cluster, its configuration and what we know of it now.
+
+A member's life is one state machine (:class:`MemberState`, the allowed moves in
+:data:`TRANSITIONS`); each move is a method named after its reason, and all of them go
+through :meth:`Member._change`, which logs the move once with its cause and tells the
+supervisor. What the operator sees is derived from it: ``status`` (ACTIVE, SUSPENDED,
+DRAINING) and ``online``.
+
+======== ===================================================== ============================
+state    what it means                                           left by
+======== ===================================================== ============================
+probing  added or reconnected; not yet answered ``V`` and the   answered_probe -> online;
+         required capability; gets nothing                       remove, drain -> removed
+online   answers; serves its calls, takes new ones unless        fail/lost -> offline;
+         suspended                                               drain -> draining;
+                                                                 restart -> probing
+offline  stopped answering (heartbeats, forwarded commands or    answered_probe -> online;
+         its connection); probed until it answers; its calls     restart -> probing;
+         stay bound (a ``D`` is kept for it)                     remove, drain -> removed
+draining leaving: answers, serves its calls, takes no new ones   drained (two heartbeats
+                                                                 without a session, its
+                                                                 deadline, stopped
+                                                                 answering) -> removed;
+                                                                 resume/suspend/reconfigure
+                                                                 -> online; restart ->
+                                                                 probing
+removed  gone from the cluster: its calls are forgotten          (final)
+======== ===================================================== ============================
+
+``suspended`` is not a state: an operator's pause holds while the member goes offline
+and comes back, so it is a flag beside the state, changed through the same method.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import deque
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 
 import trio
 
 from rtpcluster.config.models import MemberConfig, MemberStatus
-from rtpcluster.protocol import reply_lines
-from rtpcluster.protocol.command import Command
-from rtpcluster.transport.member_client import (
-    MemberClient,
-    MemberError,
-    ReplyCallback,
-    UdpMemberClient,
-    make_client,
-)
+from rtpcluster.transport.member_client import MemberClient, make_client
 
-# Consecutive failed commands or heartbeats after which a member is taken offline.
+log = logging.getLogger(__name__)
+
+# Consecutive requests without an answer (heartbeats, forwarded commands, deferred
+# deletes alike) after which a member is taken offline: one lost datagram is not enough.
 OFFLINE_AFTER_FAILURES = 2
 # Deletes kept for a member that does not answer: how many, and for how long. 100,000 is
 # 25 times a member's default capacity (4,000 sessions): every call on it can end while
@@ -73,25 +102,75 @@ class DeferredDeletes:
         return entry
 
 
-class Member:
-    """Live state of one member. The Router and the health task both update it."""
+class MemberState(StrEnum):
+    PROBING = "probing"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DRAINING = "draining"
+    REMOVED = "removed"
 
-    def __init__(self, config: MemberConfig, client: MemberClient | None = None) -> None:
+
+PROBING, ONLINE, OFFLINE, DRAINING, REMOVED = MemberState
+
+#: The moves a member may make; anything else is a fault of ours (MemberStateError).
+TRANSITIONS: Mapping[MemberState, frozenset[MemberState]] = {
+    PROBING: frozenset({ONLINE, REMOVED}),
+    ONLINE: frozenset({OFFLINE, DRAINING, PROBING}),
+    OFFLINE: frozenset({ONLINE, PROBING, REMOVED}),
+    DRAINING: frozenset({ONLINE, PROBING, REMOVED}),
+    REMOVED: frozenset(),
+}
+
+
+class MemberStateError(RuntimeError):
+    """A move the transition table forbids: a fault in the cluster, never in input."""
+
+
+class Asked(StrEnum):
+    """What a member was asked, for the cause of its going offline."""
+
+    HEARTBEAT = "heartbeat"
+    COMMAND = "forwarded command"
+    DELETE = "deferred delete"
+
+
+#: Told of every move: (member, state before, cause). The supervisor's hook.
+ChangeHook = Callable[["Member", MemberState, str], None]
+
+
+def _ignore_change(member: Member, before: MemberState, cause: str) -> None:
+    del member, before, cause
+
+
+class Member:
+    """Live state of one member. Health, executors and supervisor move it by its methods."""
+
+    def __init__(
+        self,
+        config: MemberConfig,
+        client: MemberClient | None = None,
+        *,
+        cluster: str = "",
+        on_change: ChangeHook = _ignore_change,
+    ) -> None:
+        # ``config`` is the member as configured, with the status it has now: kept in
+        # step by _change, so that save and reload compare what runs.
         self.config = config
         self.client: MemberClient = client or make_client(config.address, config.cmd_out_address)
-        self.status: MemberStatus = config.status
-        self.online = False
-        self.removed = False
-        self.leaving = False  # being drained out of the cluster (modify ... delete)
+        self.label = f"{cluster}: member {config.name}" if cluster else f"member {config.name}"
+        self._on_change = on_change
+        self.state = PROBING
+        self.suspended = config.status is MemberStatus.SUSPENDED
+        self.state_changed = trio.Event()  # set (and replaced) on every move
         self.reported_sessions = 0  # "active sessions" of the last heartbeat
         self.placed_since_report = 0  # new sessions we placed since that heartbeat
         self.info: dict[str, int | float] = {}  # last Ib reply
         self.stats_cache: dict[str, int | float] = {}  # last good G value per name
         self.capabilities: dict[str, bool] = {}  # VF date -> supported
-        self.failures = 0
+        self.failures = 0  # requests unanswered in a row
+        self._unanswered: dict[Asked, int] = {}  # the same, by what was asked
         self.deferred = DeferredDeletes(DEFERRED_MAX)  # deletes to deliver when it is back
-        self.state_changed = trio.Event()  # set (and replaced) on online/offline changes
-        self.drain_deadline: float | None = None
+        self.drain_deadline: float | None = None  # trio time at which a drain ends anyway
         self.zero_heartbeats = 0  # consecutive heartbeats reporting no active session
         self.heartbeats = 0  # heartbeats answered so far
 
@@ -109,6 +188,29 @@ class Member:
     def capacity(self) -> int:
         return self.config.capacity
 
+    # --- derived from the state -----------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """Answering: it serves the calls bound to it (``ls`` shows it online)."""
+        state = self.state
+        return state is ONLINE or state is DRAINING
+
+    @property
+    def removed(self) -> bool:
+        return self.state is REMOVED
+
+    @property
+    def status(self) -> MemberStatus:
+        """What the operator asked: DRAINING while it drains, else SUSPENDED or ACTIVE."""
+        if self.state is DRAINING:
+            return MemberStatus.DRAINING
+        return MemberStatus.SUSPENDED if self.suspended else MemberStatus.ACTIVE
+
+    @property
+    def accepts_new_sessions(self) -> bool:
+        return self.state is ONLINE and not self.suspended
+
     # --- load -----------------------------------------------------------------------------
 
     @property
@@ -119,61 +221,99 @@ class Member:
     def utilisation(self) -> float:
         return self.load / self.capacity
 
-    @property
-    def accepts_new_sessions(self) -> bool:
-        return self.online and self.status is MemberStatus.ACTIVE and not self.removed
+    # --- answers and silence: the one place they are counted -------------------------------
 
-    # --- talking to it ----------------------------------------------------------------------
-
-    @property
-    def can_submit(self) -> bool:
-        """True when commands can go out without a task (a UDP member)."""
-        return isinstance(self.client, UdpMemberClient)
-
-    def submit(self, command: Command, timeout: float, callback: ReplyCallback) -> None:
-        """Send without waiting; the caller's callback counts success or failure."""
-        client = self.client
-        assert isinstance(client, UdpMemberClient)
-        client.submit(command.serialize(), timeout, callback)
-
-    async def send(self, command: Command | str, timeout: float) -> str:
-        """Send a command; count the outcome towards the member's health."""
-        if isinstance(command, Command):
-            text, lines = command.serialize(), reply_lines(command)
-        else:
-            text, lines = command, 1
-        try:
-            reply = await self.client.request(text, timeout, lines)
-        except MemberError:
-            self.note_failure()
-            raise
-        self.failures = 0
-        return reply
-
-    def note_failure(self) -> None:
-        self.failures += 1
-        if self.failures >= OFFLINE_AFTER_FAILURES and self.online:
-            self.set_online(False)
-
-    def set_online(self, online: bool) -> None:
-        if online == self.online:
-            return
-        self.online = online
-        if online:
+    def record_answer(self) -> None:
+        """It answered a request (any reply, an E one too): the run of failures ends."""
+        if self.failures:
             self.failures = 0
-        event, self.state_changed = self.state_changed, trio.Event()
-        event.set()
+            self._unanswered.clear()
 
-    def defer(self, command: str, now: float) -> None:
-        """Keep a delete for delivery when the member answers again (once, bounded)."""
-        self.deferred.add(command, now)
+    def record_silence(self, asked: Asked) -> None:
+        """A request got no usable answer in time; the second in a row takes it offline."""
+        self.failures += 1
+        self._unanswered[asked] = self._unanswered.get(asked, 0) + 1
+        if self.failures < OFFLINE_AFTER_FAILURES:
+            return
+        state = self.state
+        if state is ONLINE:
+            self._change(OFFLINE, self._silence_cause(), warn=True)
+        elif state is DRAINING:
+            self._change(REMOVED, f"drained: {self._silence_cause()}", warn=True)
+
+    def _silence_cause(self) -> str:
+        parts = [f"{n} {asked}{'s' if n > 1 else ''}" for asked, n in self._unanswered.items()]
+        return f"no answer to {' and '.join(parts)} in a row"
+
+    # --- moves ----------------------------------------------------------------------------
+
+    def answered_probe(self) -> None:
+        """It answered ``V`` and the required capability: online."""
+        if self.state is PROBING:
+            self._change(ONLINE, "answers V and the capabilities it needs")
+        elif self.state is OFFLINE:
+            self._change(ONLINE, "answered again")
+
+    def lost(self, cause: str) -> None:
+        """Its connection failed (the client's task ended with an error)."""
+        if self.state is ONLINE:
+            self._change(OFFLINE, cause, warn=True)
+        elif self.state is DRAINING:
+            self._change(REMOVED, f"drained: {cause}", warn=True)
+
+    def restart(self, cause: str) -> None:
+        """Reached anew (another address): probed again before it gets anything."""
+        if self.state is not PROBING and self.state is not REMOVED:
+            self._change(PROBING, cause)
+
+    def suspend(self, cause: str = "suspended by admin") -> None:
+        """No new calls; its calls go on. Ends a drain."""
+        if self.state is not REMOVED:
+            self._change(ONLINE if self.state is DRAINING else self.state, cause, suspended=True)
+
+    def resume(self, cause: str = "resumed by admin") -> None:
+        """New calls again. Ends a drain."""
+        if self.state is not REMOVED:
+            self._change(ONLINE if self.state is DRAINING else self.state, cause, suspended=False)
+
+    def reconfigure(self, config: MemberConfig, cause: str = "configuration changed") -> None:
+        """A changed configuration (a reload): its status holds from now; it ends a drain.
+
+        A configured DRAINING is the supervisor's to apply (:meth:`drain`).
+        """
+        if self.state is REMOVED:
+            return
+        self.config = config
+        state = ONLINE if self.state is DRAINING else self.state
+        self._change(state, cause, suspended=config.status is MemberStatus.SUSPENDED)
+
+    def drain(self, deadline: float | None, cause: str = "deleted by admin") -> None:
+        """Leave the cluster: once its calls are gone, or at ``deadline`` (trio time).
+
+        A member that does not answer now holds no call it could serve: removed at once.
+        """
+        state = self.state
+        if state is ONLINE or state is DRAINING:
+            self.drain_deadline = deadline
+            self.zero_heartbeats = 0
+            if state is ONLINE:
+                self._change(DRAINING, cause)
+        elif state is not REMOVED:
+            self._change(REMOVED, f"{cause}, while {state}")
+
+    def drain_deadline_reached(self) -> None:
+        if self.state is DRAINING:
+            self._change(REMOVED, "drained: deadline reached")
 
     def heartbeat(self, info: dict[str, int | float], placed_before: int) -> None:
         """A heartbeat reply; ``placed_before`` sessions were placed when it was asked.
 
         Those are in the member's figure now; sessions placed while the heartbeat was
-        on its way are not, so they stay counted on top of it.
+        on its way are not, so they stay counted on top of it. A draining member is
+        drained after two heartbeats in a row without a session (one may be stale) and
+        no call placed on it since.
         """
+        self.record_answer()
         self.heartbeats += 1
         self.info = info
         self.reported_sessions = int(info.get("active sessions", 0))
@@ -182,3 +322,52 @@ class Member:
             self.zero_heartbeats += 1
         else:
             self.zero_heartbeats = 0
+        if self.state is DRAINING and self.zero_heartbeats >= 2 and self.placed_since_report == 0:
+            self._change(REMOVED, "drained: two heartbeats without a session")
+
+    def _change(
+        self,
+        state: MemberState,
+        cause: str,
+        *,
+        suspended: bool | None = None,
+        warn: bool = False,
+    ) -> None:
+        """The one way the state (or the suspension) changes: checked, logged once, told."""
+        before = self.state
+        was_suspended = self.suspended
+        if suspended is None:
+            suspended = was_suspended
+        if state is before and suspended is was_suspended:
+            return
+        if state is not before and state not in TRANSITIONS[before]:
+            raise MemberStateError(f"{self.label}: {before} -> {state} ({cause}) is not allowed")
+        self.state = state
+        self.suspended = suspended
+        if state is ONLINE:
+            self.failures = 0
+            self._unanswered.clear()
+        if state is not DRAINING:
+            self.drain_deadline = None
+        status = self.status
+        if self.config.status is not status:
+            self.config = self.config.model_copy(update={"status": status})
+        shown = f"{state}, suspended" if suspended and state is not REMOVED else str(state)
+        log.log(logging.WARNING if warn else logging.INFO, "%s: %s (%s)", self.label, shown, cause)
+        event, self.state_changed = self.state_changed, trio.Event()
+        event.set()
+        self._on_change(self, before, cause)
+
+    # --- what it is sent ------------------------------------------------------------------
+
+    def replace_client(self, client: MemberClient) -> None:
+        """Talk through ``client`` from now on (after a failure, or at a new address).
+
+        The task that ran the old client closes it: a socket is not closed under a task
+        that still waits on it.
+        """
+        self.client = client
+
+    def defer(self, command: str, now: float) -> None:
+        """Keep a delete for delivery when the member answers again (once, bounded)."""
+        self.deferred.add(command, now)

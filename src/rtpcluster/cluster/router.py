@@ -1,20 +1,43 @@
-"""Router: what the cluster does with each control command.
+"""Router: what the cluster does with each control command, decided once.
 
-It decides; members' clients move the bytes. Session commands follow the call-id to
-the member that holds the call; a new call goes where the Balancer says; an unknown
-call is looked for on every member; statistics are summed; ``V`` is answered here.
+For a parsed command it returns a decision (:mod:`rtpcluster.cluster.decisions`):
+session commands follow the call-id to the member that holds the call; a new call goes
+where the Balancer says, picked once; an unknown call is looked for on every member;
+statistics are summed; ``V`` is answered here. The rules are those of docs/routing.md.
+
+It reads the members and the session table and changes neither: binding a call, counting
+a placement or a failure is what an executor records afterwards (Outcomes). No sockets,
+no trio, no clock: every rule is a unit test without a member.
 """
 
 from __future__ import annotations
 
-import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import trio
-
 from rtpcluster.cluster import balancer
-from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.decisions import (
+    AllCallsForgotten,
+    AllSupport,
+    Answer,
+    Broadcast,
+    CapabilityLearned,
+    Decision,
+    DeleteAll,
+    Effect,
+    FindOwner,
+    Forward,
+    KeepDelete,
+    OnSilence,
+    OwnerFound,
+    OwnerNotFound,
+    PlaceNewCall,
+    RefuseNewCall,
+    StatsLearned,
+    SumStats,
+)
+from rtpcluster.cluster.member import REMOVED, Member
 from rtpcluster.cluster.notify import relay_notify_args
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.protocol import (
@@ -22,7 +45,6 @@ from rtpcluster.protocol import (
     CAP_WILDCARD_NOTIFY,
     E_BROADCAST,
     E_INFO_MODIFIERS,
-    E_INTERNAL,
     E_MEMBER_TIMEOUT,
     E_MODIFIERS,
     E_NO_MEMBER,
@@ -39,313 +61,129 @@ from rtpcluster.protocol import (
     is_error,
     is_positive,
     merge_stats,
-    parse_command,
     parse_stats_reply,
     rewrite_ul_address,
 )
-from rtpcluster.transport.member_client import MemberError, MemberTimeout
 
 if TYPE_CHECKING:
     from rtpcluster.config.models import ClusterConfig
 
-log = logging.getLogger(__name__)
+# A new call waits this share of member_timeout on one member before it is offered to
+# another (docs/routing.md): 0.3 s of the default 0.5 s, so a silent member delays a new
+# call by less than one member_timeout before the next member is asked.
+NEW_CALL_SHARE = 0.6
 
-_error = error_reply
+TIMEOUT_REPLY = error_reply(E_MEMBER_TIMEOUT)
+_VERSION = Answer(PROTOCOL_VERSION + "\n")
+_NO_MEMBER = Answer(error_reply(E_NO_MEMBER))
+_ZERO = Answer("0\n")
+
+# Commands that can end a call: D, and Q with a "&& D" subcommand (query and delete).
+_DELETING_OPS = frozenset("DQ")
 
 
 class Router:
-    """Routes commands for one cluster. Holds no sockets of its own."""
+    """Decides for the commands of one cluster. Holds no sockets and starts no tasks."""
 
     def __init__(
         self,
         config: ClusterConfig,
         members: Callable[[], Sequence[Member]],
         sessions: SessionTable[Member],
+        rng: random.Random | None = None,
     ) -> None:
-        self.config = config
         self._members = members
-        self.sessions = sessions
-        self.nursery: trio.Nursery | None = None  # for commands that need a task
+        self._sessions = sessions
+        self._rng = rng
+        self.apply_settings(config)
 
-    @property
-    def timeout(self) -> float:
-        return self.config.member_timeout
+    def apply_settings(self, config: ClusterConfig) -> None:
+        """Take the timers, the capacity limit and the relay of ``config`` from now on."""
+        self.timeout = config.member_timeout
+        self.new_call_timeout = config.member_timeout * NEW_CALL_SHARE
+        self._hard_limit = config.capacity_limit == "hard"
+        self._relay = config.disconnect_notify
 
-    @property
-    def new_session_budget(self) -> float:
-        """How long a new call waits on one member before it is placed on another."""
-        return self.config.member_timeout * 0.6
+    # --- the entry point ---------------------------------------------------------------------
 
-    async def handle(self, data: bytes) -> str:
-        """Answer one command; never raises for anything a client sent."""
-        try:
-            cmd = parse_command(data)
-        except ProtocolError as exc:
-            return _error(exc.code)
-        return await self.handle_command(cmd)
-
-    def dispatch(
-        self,
-        data: bytes,
-        respond: Callable[[str], None],
-        abandon: Callable[[], None] = lambda: None,
-    ) -> None:
-        """Answer one command through ``respond``, now or later; never raises.
-
-        The common cases (a command for a call on an online UDP member, a new call, ``V``,
-        ``I``) are served without a task: the member's reply comes back through a callback.
-        Everything else runs as a task in :attr:`nursery`; if that task is cancelled (the
-        cluster stops), ``abandon`` is called instead of ``respond``.
-        """
-        try:
-            cmd = parse_command(data)
-        except ProtocolError as exc:
-            respond(_error(exc.code))
-            return
-        if self._try_fast(cmd, respond, abandon):
-            return
-        assert self.nursery is not None, "Router.nursery is set by the running cluster"
-        self.nursery.start_soon(self._respond_later, cmd, respond, abandon)
-
-    async def _respond_later(
-        self,
-        cmd: Command,
-        respond: Callable[[str], None],
-        abandon: Callable[[], None],
-        silent: Member | None = None,
-    ) -> None:
-        """Answer in a task; ``silent`` is a member a new call must not be placed on again."""
-        try:
-            reply = await self.handle_command(cmd, silent)
-        except BaseException:
-            abandon()
-            raise
-        respond(reply)
-
-    def _try_fast(
-        self, cmd: Command, respond: Callable[[str], None], abandon: Callable[[], None]
-    ) -> bool:
-        op = cmd.op
+    def decide(self, cmd: Command) -> Decision:
         if cmd.is_session_command:
             call_id = cmd.call_id
             assert call_id is not None
-            owner = self.sessions.get(call_id)
-            if owner is None:
-                if op == "U" and cmd.to_tag is None:
-                    return self._fast_new_session(cmd, respond, abandon)
-                return False
-            if not owner.online or owner.removed or not owner.can_submit:
-                return False
-            self._fast_forward(owner, cmd, respond)
-            return True
-        if op == "V" and not cmd.is_vf and not cmd.modifiers:
-            respond(PROTOCOL_VERSION + "\n")
-            return True
+            owner = self._sessions.get(call_id)
+            new_call = cmd.op == "U" and cmd.to_tag is None
+            if owner is None or owner.state is REMOVED:
+                return self.place(cmd) if new_call else self._find_owner(cmd, call_id)
+            if owner.online:
+                return self._forward(owner, cmd)
+            if cmd.op == "D":
+                return KeepDelete(owner, cmd.serialize(), call_id if _ends_call(cmd) else None)
+            if new_call:
+                return self.place(cmd)  # the SIP server offers it anew: place it anew
+            return Answer(TIMEOUT_REPLY)
+        op = cmd.op
+        if op == "V":
+            return self._version(cmd)
         if op == "I":
-            respond(self._info(cmd))
-            return True
-        return False
+            return self._info(cmd)
+        if op == "G":
+            return self._stats(cmd)
+        if op == "X":
+            return self._delete_all()
+        return Answer(error_reply(E_UNKNOWN_COMMAND))  # parse_command lets no other op pass
 
-    def _fast_forward(self, member: Member, cmd: Command, respond: Callable[[str], None]) -> None:
-        sent = self._prepare(member, cmd)
+    # --- calls ------------------------------------------------------------------------------
 
-        def done(reply: str | None) -> None:
-            if reply is not None:
-                member.failures = 0
-                if cmd.op in _DELETING_OPS and _ended(cmd, reply):
-                    self._forget(cmd)
-                respond(self._finish(member, cmd, reply))
-                return
-            member.note_failure()
-            if cmd.op == "D":
-                respond(self._keep_delete(member, sent))
-            else:
-                respond(_error(E_MEMBER_TIMEOUT))
+    def _forward(self, member: Member, cmd: Command) -> Forward:
+        op = cmd.op
+        return Forward(
+            member,
+            self._prepare(member, cmd),
+            self.timeout,
+            OnSilence.DEFER_AND_ANSWER_0 if op == "D" else OnSilence.ANSWER_E997,
+            cmd.call_id if op in _DELETING_OPS and _ends_call(cmd) else None,
+            _wan(member, cmd),
+        )
 
-        member.submit(sent, self.timeout, done)
-
-    def _fast_new_session(
-        self, cmd: Command, respond: Callable[[str], None], abandon: Callable[[], None]
-    ) -> bool:
+    def place(self, cmd: Command, tried: tuple[Member, ...] = ()) -> PlaceNewCall | RefuseNewCall:
+        """A new call: the member picked once by the Balancer, not one of ``tried``."""
         members = self._members()
-        member = balancer.pick(members, self.config.capacity_limit == "hard")
-        if member is None or not member.can_submit:
-            return False  # the slow path gives the right error
+        member = balancer.pick(members, self._hard_limit, tried, self._rng)
+        if member is None:
+            if tried:
+                return RefuseNewCall(TIMEOUT_REPLY)  # every member that could was silent
+            if not any(m.online for m in members):
+                return RefuseNewCall(error_reply(E_NO_MEMBER))
+            if any(m.accepts_new_sessions for m in members):
+                return RefuseNewCall(error_reply(E_NO_PICK))  # all full, hard limit
+            return RefuseNewCall(error_reply(E_NO_MEMBER))  # online, but none takes calls
         call_id = cmd.call_id
         assert call_id is not None
-        sent = self._prepare(member, cmd)
-        member.placed_since_report += 1
+        return PlaceNewCall(
+            member,
+            self._prepare(member, cmd),
+            cmd,
+            call_id,
+            self.new_call_timeout,
+            _wan(member, cmd),
+            tried,
+        )
 
-        def done(reply: str | None) -> None:
-            if reply is None:
-                member.placed_since_report -= 1
-                member.note_failure()
-                if cmd.from_tag is not None:  # it may still create the session late
-                    member.defer(f"D {call_id} {cmd.from_tag}", trio.current_time())
-                assert self.nursery is not None
-                try:
-                    self.nursery.start_soon(self._respond_later, cmd, respond, abandon, member)
-                except RuntimeError:  # the cluster has stopped
-                    abandon()
-                return
-            member.failures = 0
-            if is_positive("U", reply):
-                self.sessions.bind(call_id, member)
-            else:
-                member.placed_since_report -= 1
-            respond(self._finish(member, cmd, reply))
+    def fail_over(self, silent: PlaceNewCall) -> PlaceNewCall | RefuseNewCall:
+        """The rule after a member left a new call unanswered: another member, or E997."""
+        return self.place(silent.request, (*silent.tried, silent.member))
 
-        member.submit(sent, self.new_session_budget, done)
-        return True
-
-    async def handle_command(self, cmd: Command, silent: Member | None = None) -> str:
-        """Answer one parsed command; never raises for anything a client sent.
-
-        ``silent``: a new call (``U`` without to-tag) whose offer that member left
-        unanswered; it is placed on another one.
-        """
-        try:
-            if silent is not None:
-                return await self._new_session(cmd, [silent])
-            if cmd.is_session_command:
-                return await self._session_command(cmd)
-            op = cmd.op
-            if op == "V":
-                return await self._version(cmd)
-            if op == "I":
-                return self._info(cmd)
-            if op == "G":
-                return await self._stats(cmd)
-            if op == "X":
-                return await self._delete_all()
-            return _error(E_UNKNOWN_COMMAND)
-        except Exception:
-            log.exception("internal error while routing %r", cmd.serialize()[:200])
-            return _error(E_INTERNAL)
-
-    # --- sessions ------------------------------------------------------------------------
-
-    async def _session_command(self, cmd: Command) -> str:
-        call_id = cmd.call_id
-        assert call_id is not None
-        owner = self.sessions.get(call_id)
-        if owner is not None and owner.removed:
-            self.sessions.unbind(call_id)
-            owner = None
-        if owner is None:
-            if cmd.op == "U" and cmd.to_tag is None:
-                return await self._new_session(cmd)
-            return await self._find_owner(cmd)
-        if not owner.online:
-            if cmd.op == "D":
-                return self._keep_delete(owner, cmd)
-            if cmd.op == "U" and cmd.to_tag is None:
-                return await self._new_session(cmd)
-            return _error(E_MEMBER_TIMEOUT)
-        return await self._forward(owner, cmd)
-
-    async def _forward(self, member: Member, cmd: Command) -> str:
-        sent = self._prepare(member, cmd)
-        try:
-            reply = await member.send(sent, self.timeout)
-        except MemberError:
-            if cmd.op == "D":
-                return self._keep_delete(member, sent)
-            return _error(E_MEMBER_TIMEOUT)
-        if cmd.op in _DELETING_OPS and _ended(cmd, reply):
-            self._forget(cmd)
-        return self._finish(member, cmd, reply)
-
-    def _keep_delete(self, member: Member, cmd: Command) -> str:
-        """A D for a call bound to ``member``, which did not answer: deliver it later.
-
-        The SIP server gets ``0`` now and will not ask again, so the call is forgotten
-        here as if the member had confirmed; a retransmit over UDP gets the cached ``0``.
-        """
-        member.defer(cmd.serialize(), trio.current_time())
-        if _ends_call(cmd):
-            self._forget(cmd)
-        return "0\n"
-
-    def _forget(self, cmd: Command) -> None:
-        call_id = cmd.call_id
-        assert call_id is not None
-        self.sessions.unbind(call_id)
-
-    async def _new_session(self, cmd: Command, tried: list[Member] | None = None) -> str:
-        call_id = cmd.call_id
-        assert call_id is not None
-        members = self._members()
-        if not any(m.online for m in members):
-            return _error(E_NO_MEMBER)
-        tried = tried or []
-        hard = self.config.capacity_limit == "hard"
-        while True:
-            member = balancer.pick(members, hard, tried)
-            if member is None:
-                if tried:
-                    return _error(E_MEMBER_TIMEOUT)
-                if any(m.accepts_new_sessions for m in members):
-                    return _error(E_NO_PICK)
-                return _error(E_NO_MEMBER)
-            sent = self._prepare(member, cmd)
-            member.placed_since_report += 1
-            try:
-                reply = await member.send(sent, self.new_session_budget)
-            except MemberError as exc:
-                member.placed_since_report -= 1
-                tried.append(member)
-                if isinstance(exc, MemberTimeout) and cmd.from_tag is not None:
-                    # It may still create the session late: delete it when it answers.
-                    member.defer(f"D {call_id} {cmd.from_tag}", trio.current_time())
-                continue
-            if is_positive("U", reply):
-                self.sessions.bind(call_id, member)
-            else:
-                member.placed_since_report -= 1
-            return self._finish(member, cmd, reply)
-
-    async def _find_owner(self, cmd: Command) -> str:
-        """A command for a call nobody here knows: ask every online member."""
+    def _find_owner(self, cmd: Command, call_id: str) -> Decision:
         online = [m for m in self._members() if m.online]
         if not online:
-            return _error(E_NO_MEMBER)
+            return _NO_MEMBER
+        # A U is asked as an L with the tags swapped and no notify arguments: a member
+        # that does not have the call must not create it.
         probe = cmd.as_lookup() if cmd.op == "U" else cmd
-        probe_op = probe.op
-        answers: list[tuple[Member, str | None]] = []
+        asks = tuple((m, self._prepare(m, probe).serialize()) for m in online)
+        return Broadcast(asks, self.timeout, FindOwner(cmd, call_id, probe.op))
 
-        async def ask(member: Member) -> None:
-            try:
-                answers.append(
-                    (member, await member.send(self._prepare(member, probe), self.timeout))
-                )
-            except MemberError:
-                answers.append((member, None))
-
-        async with trio.open_nursery() as nursery:
-            for member in online:
-                nursery.start_soon(ask, member)
-        positive = [(m, r) for m, r in answers if r is not None and is_positive(probe_op, r)]
-        call_id = cmd.call_id
-        assert call_id is not None
-        if len(positive) == 1:
-            owner, reply = positive[0]
-            if not (cmd.op in _DELETING_OPS and _ended(cmd, reply)):
-                self.sessions.bind(call_id, owner)
-            if cmd.op == "U":
-                return await self._forward(owner, cmd)
-            return self._finish(owner, cmd, reply)
-        # A D nobody confirms is not kept for members that did not answer: this process
-        # never bound the call to them, and deletes kept for unknown calls would let any
-        # client fill their queues. A session left there ends by its own timeout.
-        if cmd.op == "U" and not positive:
-            # RTPproxy never answers "not found" to U: no member has it, so create it.
-            return await self._new_session(cmd)
-        if cmd.op in ("U", "L"):
-            return "0\n"
-        return _error(E_BROADCAST)
-
-    # --- per-member rewriting ------------------------------------------------------------
+    # --- per-member rewriting -----------------------------------------------------------------
 
     def _prepare(self, member: Member, cmd: Command) -> Command:
         """The command as this member must see it: lan address and notify target."""
@@ -362,124 +200,158 @@ class Router:
         """Send notifications to our relay, or strip them where the member cannot reach."""
         if member.config.address.kind.is_path:
             return cmd  # a local member reaches the SIP server's socket itself
-        relay = self.config.disconnect_notify
+        relay = self._relay
         if relay is not None and member.capabilities.get(CAP_WILDCARD_NOTIFY):
             args = relay_notify_args(relay, cmd.notify_socket or "", cmd.notify_tag or "")
             if args is not None:
                 return cmd.with_notify(*args)
         return cmd.without_notify()
 
-    def _finish(self, member: Member, cmd: Command, reply: str) -> str:
-        reply = _ensure_newline(reply)
-        if cmd.op in ("U", "L"):
-            wan = member.config.wan_address
-            if wan is not None and (
-                member.config.lan_address is not None or cmd.local_address is None
-            ):
-                reply = rewrite_ul_address(reply, wan)
-        return reply
+    # --- cluster-wide commands --------------------------------------------------------------
 
-    # --- cluster-wide commands -------------------------------------------------------------
+    def _online(self) -> list[Member]:
+        return [m for m in self._members() if m.online]
 
-    async def _version(self, cmd: Command) -> str:
+    def _version(self, cmd: Command) -> Decision:
         if not cmd.is_vf:
-            if cmd.modifiers:
-                return _error(E_MODIFIERS)
-            return PROTOCOL_VERSION + "\n"
-        online = [m for m in self._members() if m.online]
+            return Answer(error_reply(E_MODIFIERS)) if cmd.modifiers else _VERSION
+        online = self._online()
         date = cmd.args[0]
         if not online:
             # A SIP server probes capabilities once, when it starts; answer for the
             # RTPproxy base protocol rather than have it disable the cluster for a minute.
-            return "1\n" if date in BASE_CAPABILITIES else "0\n"
-        results: list[bool] = []
+            return Answer("1\n" if date in BASE_CAPABILITIES else "0\n")
+        known = tuple(k for m in online if (k := m.capabilities.get(date)) is not None)
+        unknown = [m for m in online if m.capabilities.get(date) is None]
+        if not unknown:
+            return Answer("1\n" if all(known) else "0\n")
+        text = cmd.serialize()
+        return Broadcast(tuple((m, text) for m in unknown), self.timeout, AllSupport(date, known))
 
-        async def ask(member: Member) -> None:
-            known = member.capabilities.get(date)
-            if known is None:
-                try:
-                    reply = await member.send(cmd, self.timeout)
-                except MemberError:
-                    return
-                known = reply.strip() == "1"
-                member.capabilities[date] = known
-            results.append(known)
-
-        async with trio.open_nursery() as nursery:
-            for member in online:
-                nursery.start_soon(ask, member)
-        if not results:
-            return _error(E_MEMBER_TIMEOUT)
-        return "1\n" if all(results) else "0\n"
-
-    def _info(self, cmd: Command) -> str:
-        online = [m for m in self._members() if m.online]
+    def _info(self, cmd: Command) -> Answer:
+        online = self._online()
         if not online:
-            return _error(E_NO_MEMBER)
+            return _NO_MEMBER
         modifiers = cmd.modifiers.lower()
         if modifiers.strip("bl"):
-            return _error(E_INFO_MODIFIERS)
+            return Answer(error_reply(E_INFO_MODIFIERS))
         totals = merge_stats(m.info for m in online)
-        return format_info_reply(totals, with_load="l" in modifiers)
+        return Answer(format_info_reply(totals, with_load="l" in modifiers))
 
-    async def _stats(self, cmd: Command) -> str:
+    def _stats(self, cmd: Command) -> Decision:
         modifiers = cmd.modifiers.lower()
         if modifiers not in ("", "v"):
-            return _error(E_STATS_MODIFIERS)
-        verbose = modifiers == "v"
-        names = list(cmd.args)
-        online = [m for m in self._members() if m.online]
+            return Answer(error_reply(E_STATS_MODIFIERS))
+        online = self._online()
         if not online:
-            return _error(E_NO_MEMBER)
+            return _NO_MEMBER
+        names = tuple(cmd.args)
         if not names:
-            return "\n"
-        request = "G " + " ".join(names)
+            return Answer("\n")
+        request = "G " + " ".join(names)  # verbose output is rebuilt here from the values
+        return Broadcast(
+            tuple((m, request) for m in online), self.timeout, SumStats(names, modifiers == "v")
+        )
+
+    def _delete_all(self) -> Decision:
+        online = self._online()
+        if not online:
+            return _NO_MEMBER
+        return Broadcast(tuple((m, "X") for m in online), self.timeout, DeleteAll())
+
+    # --- what a broadcast's answers make of it -------------------------------------------------
+
+    def combine(
+        self, broadcast: Broadcast, answers: Sequence[str | None]
+    ) -> tuple[Decision, tuple[Effect, ...]]:
+        """The next decision from the answers (in the order of ``asks``; None: silent)."""
+        rule = broadcast.rule
+        replies = [(m, r) for (m, _), r in zip(broadcast.asks, answers, strict=True)]
+        if isinstance(rule, FindOwner):
+            return self._owner_found(rule, replies)
+        if isinstance(rule, AllSupport):
+            learned = tuple(
+                CapabilityLearned(m, rule.date, r.strip() == "1")
+                for m, r in replies
+                if r is not None
+            )
+            results = [*rule.known, *(c.supported for c in learned)]
+            if not results:
+                return Answer(TIMEOUT_REPLY), learned
+            return Answer("1\n" if all(results) else "0\n"), learned
+        if isinstance(rule, SumStats):
+            return self._stats_summed(rule, replies)
+        failed = any(r is None for _, r in replies)
+        return Answer(TIMEOUT_REPLY if failed else "0\n"), (AllCallsForgotten(),)
+
+    def _owner_found(
+        self, rule: FindOwner, replies: list[tuple[Member, str | None]]
+    ) -> tuple[Decision, tuple[Effect, ...]]:
+        cmd = rule.request
+        positive = [(m, r) for m, r in replies if r is not None and is_positive(rule.probe_op, r)]
+        if len(positive) == 1:
+            owner, reply = positive[0]
+            ended = cmd.op in _DELETING_OPS and _ends_call(cmd) and confirms_end(cmd.op, reply)
+            found = (OwnerFound(rule.call_id, owner, bind=not ended),)
+            if cmd.op == "U":
+                return self._forward(owner, cmd), found  # now the U itself, to its member
+            return Answer(shape_reply(reply, _wan(owner, cmd))), found
+        # A D nobody confirms is not kept for members that did not answer: this process
+        # never bound the call to them, and deletes kept for unknown calls would let any
+        # client fill their queues. A session left there ends by its own timeout.
+        missing = (OwnerNotFound(rule.call_id),)
+        if cmd.op == "U" and not positive:
+            # RTPproxy never answers "not found" to U: no member has it, so create it.
+            return self.place(cmd), missing
+        if cmd.op in ("U", "L"):
+            return _ZERO, missing
+        return Answer(error_reply(E_BROADCAST)), missing
+
+    def _stats_summed(
+        self, rule: SumStats, replies: list[tuple[Member, str | None]]
+    ) -> tuple[Decision, tuple[Effect, ...]]:
+        names = rule.names
         parts: list[dict[str, int | float]] = []
         errors: list[str] = []
-
-        async def ask(member: Member) -> None:
-            try:
-                reply = await member.send(request, self.timeout)
+        learned: list[Effect] = []
+        for member, reply in replies:
+            values = None
+            if reply is not None:
                 if is_error(reply):
                     errors.append(reply)
-                    return
-                values = parse_stats_reply(names, False, reply.strip())
-            except (MemberError, ProtocolError):
+                    continue
+                try:
+                    values = parse_stats_reply(names, False, reply.strip())
+                except ProtocolError:
+                    values = None
+            if values is None:
                 cached = member.stats_cache
                 if all(name in cached for name in names):
                     parts.append({name: cached[name] for name in names})
-                return
-            member.stats_cache.update(values)
+                continue
+            learned.append(StatsLearned(member, values))
             parts.append(values)
-
-        async with trio.open_nursery() as nursery:
-            for member in online:
-                nursery.start_soon(ask, member)
         if not parts:
-            return _ensure_newline(errors[0]) if errors else _error(E_STATS_NONE)
-        return format_stats_reply(names, verbose, merge_stats(parts))
-
-    async def _delete_all(self) -> str:
-        online = [m for m in self._members() if m.online]
-        if not online:
-            return _error(E_NO_MEMBER)
-        failed: list[Member] = []
-
-        async def tell(member: Member) -> None:
-            try:
-                await member.send("X", self.timeout)
-            except MemberError:
-                failed.append(member)
-
-        async with trio.open_nursery() as nursery:
-            for member in online:
-                nursery.start_soon(tell, member)
-        self.sessions.clear()
-        return _error(E_MEMBER_TIMEOUT) if failed else "0\n"
+            text = _ensure_newline(errors[0]) if errors else error_reply(E_STATS_NONE)
+            return Answer(text), tuple(learned)
+        return Answer(format_stats_reply(names, rule.verbose, merge_stats(parts))), tuple(learned)
 
 
-# Commands that can end a call: D, and Q with a "&& D" subcommand (query and delete).
-_DELETING_OPS = frozenset("DQ")
+def _wan(member: Member, cmd: Command) -> str | None:
+    """The wan address a U/L reply of ``member`` gets, or None to pass it as it is."""
+    if cmd.op != "U" and cmd.op != "L":
+        return None
+    config = member.config
+    wan = config.wan_address
+    if wan is not None and (config.lan_address is not None or cmd.local_address is None):
+        return wan
+    return None
+
+
+def shape_reply(reply: str, wan: str | None) -> str:
+    """A member's reply as the client gets it: with its newline, the wan address in."""
+    reply = _ensure_newline(reply)
+    return reply if wan is None else rewrite_ul_address(reply, wan)
 
 
 def _ends_call(cmd: Command) -> bool:
@@ -497,12 +369,12 @@ def _ends_call(cmd: Command) -> bool:
     return cmd.op == "Q" and any(section[0] in ("D", "d") for section in cmd.subcommands)
 
 
-def _ended(cmd: Command, reply: str) -> bool:
-    """Did the member confirm that ``cmd`` ended the call? (``cmd`` is a D or Q.)"""
-    if is_error(reply) or not _ends_call(cmd):
+def confirms_end(op: str, reply: str) -> bool:
+    """Did the member confirm that a call-ending ``op`` (a D or Q && D) ended the call?"""
+    if is_error(reply):
         return False
     # Q ... && D: a failed subcommand shows as "&& -1" after the counters
-    return cmd.op == "D" or "&&" not in reply
+    return op == "D" or "&&" not in reply
 
 
 def _ensure_newline(reply: str) -> str:

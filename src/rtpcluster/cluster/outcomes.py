@@ -1,0 +1,123 @@
+"""Outcomes: the bookkeeping after a decision, the same for both executors.
+
+Each method is one outcome, called exactly once when it happens, by whichever executor
+carried the decision out: it binds or forgets the call, keeps a delete, counts the
+member's answer or silence (on the Member, the one place that counts them) and a new
+call's placement, and returns the reply text where there is one. A counter of an outcome
+belongs in its method and nowhere else.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from rtpcluster.cluster.decisions import (
+    AllCallsForgotten,
+    CapabilityLearned,
+    Effect,
+    Forward,
+    KeepDelete,
+    OnSilence,
+    OwnerFound,
+    OwnerNotFound,
+    PlaceNewCall,
+    RefuseNewCall,
+    StatsLearned,
+)
+from rtpcluster.cluster.member import REMOVED, Asked, Member
+from rtpcluster.cluster.router import TIMEOUT_REPLY, confirms_end, shape_reply
+from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.protocol import is_positive
+
+_KEPT_REPLY = "0\n"
+
+
+class Outcomes:
+    def __init__(self, sessions: SessionTable[Member]) -> None:
+        self._sessions = sessions
+
+    # --- a command forwarded to the call's member -----------------------------------------
+
+    def forwarded(self, decision: Forward, reply: str) -> str:
+        """The member answered a forwarded command."""
+        decision.member.record_answer()
+        if decision.ends_call is not None and confirms_end(decision.command.op, reply):
+            self._sessions.unbind(decision.ends_call)
+        return shape_reply(reply, decision.wan)
+
+    def forward_unanswered(self, decision: Forward) -> str:
+        """The member did not answer a forwarded command in time."""
+        member = decision.member
+        member.record_silence(Asked.COMMAND)
+        if decision.on_silence is OnSilence.DEFER_AND_ANSWER_0:
+            return self._keep_delete(member, decision.command.serialize(), decision.ends_call)
+        return TIMEOUT_REPLY
+
+    def delete_kept(self, decision: KeepDelete) -> str:
+        """A D for a member that is not online, kept for it without asking it."""
+        return self._keep_delete(decision.member, decision.command, decision.call_id)
+
+    def _keep_delete(self, member: Member, command: str, call_id: str | None) -> str:
+        """Deliver the delete later; the SIP server gets ``0`` now and will not ask again,
+        so the call is forgotten here as if the member had confirmed (a retransmit over
+        UDP gets the cached ``0``)."""
+        member.defer(command, trio.current_time())
+        if call_id is not None:
+            self._sessions.unbind(call_id)
+        return _KEPT_REPLY
+
+    # --- a new call -----------------------------------------------------------------------
+
+    def offer_sent(self, decision: PlaceNewCall) -> None:
+        """A new call offered to a member: it counts in the member's load at once."""
+        decision.member.placed_since_report += 1
+
+    def call_placed(self, decision: PlaceNewCall, reply: str) -> str:
+        """The member answered the offer (``decision.tried``: after others were silent)."""
+        member = decision.member
+        member.record_answer()
+        if is_positive("U", reply) and member.state is not REMOVED:
+            self._sessions.bind(decision.call_id, member)
+        else:
+            member.placed_since_report -= 1
+        return shape_reply(reply, decision.wan)
+
+    def offer_unanswered(self, decision: PlaceNewCall, timed_out: bool) -> None:
+        """The member left the offer unanswered; the Router's fail-over comes next.
+
+        A member that timed out may still create the session late: a delete of it is
+        kept for that member. One that could not be reached at all created nothing.
+        """
+        member = decision.member
+        member.placed_since_report -= 1
+        member.record_silence(Asked.COMMAND)
+        from_tag = decision.request.from_tag
+        if timed_out and from_tag is not None:
+            member.defer(f"D {decision.call_id} {from_tag}", trio.current_time())
+
+    def call_refused(self, decision: RefuseNewCall) -> str:
+        """No member could take the new call."""
+        return decision.text
+
+    # --- a broadcast ----------------------------------------------------------------------
+
+    def asked(self, member: Member, reply: str | None) -> None:
+        """One member's answer to a broadcast (None: silent)."""
+        if reply is None:
+            member.record_silence(Asked.COMMAND)
+        else:
+            member.record_answer()
+
+    def learned(self, effect: Effect) -> None:
+        """What the answers of a broadcast taught (see Router.combine)."""
+        if isinstance(effect, OwnerFound):
+            if effect.bind and effect.member.state is not REMOVED:
+                self._sessions.bind(effect.call_id, effect.member)
+        elif isinstance(effect, OwnerNotFound):
+            pass  # the call is nowhere: nothing to keep
+        elif isinstance(effect, CapabilityLearned):
+            effect.member.capabilities[effect.date] = effect.supported
+        elif isinstance(effect, StatsLearned):
+            effect.member.stats_cache.update(effect.values)
+        elif isinstance(effect, AllCallsForgotten):
+            self._sessions.clear()

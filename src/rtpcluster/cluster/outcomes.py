@@ -9,6 +9,8 @@ belongs in its method and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from rtpcluster.cluster.decisions import (
@@ -33,8 +35,11 @@ _KEPT_REPLY = "0\n"
 
 
 class Outcomes:
-    def __init__(self, sessions: SessionTable[Member]) -> None:
+    def __init__(
+        self, sessions: SessionTable[Member], clock: Callable[[], float] = trio.current_time
+    ) -> None:
         self._sessions = sessions
+        self._clock = clock  # when a delete is kept: its deadline counts from then
 
     # --- a command forwarded to the call's member -----------------------------------------
 
@@ -61,7 +66,7 @@ class Outcomes:
         """Deliver the delete later; the SIP server gets ``0`` now and will not ask again,
         so the call is forgotten here as if the member had confirmed (a retransmit over
         UDP gets the cached ``0``)."""
-        member.defer(command, trio.current_time())
+        member.defer(command, self._clock())
         if call_id is not None:
             self._sessions.unbind(call_id)
         return _KEPT_REPLY
@@ -93,7 +98,7 @@ class Outcomes:
         member.record_silence(Asked.COMMAND)
         from_tag = decision.request.from_tag
         if timed_out and from_tag is not None:
-            member.defer(f"D {decision.call_id} {from_tag}", trio.current_time())
+            member.defer(f"D {decision.call_id} {from_tag}", self._clock())
 
     def call_refused(self, decision: RefuseNewCall) -> str:
         """No member could take the new call."""

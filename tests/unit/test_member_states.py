@@ -1,0 +1,383 @@
+"""The member state machine: its moves, and what the supervisor does with them.
+
+Examples for each move, then a property over random sequences of the events a member
+lives through (heartbeats answered or not, forwarded commands answered or not, suspend,
+resume, delete, drain deadlines, connections lost, new calls placed and ended): no move
+outside the transition table, the derived status always agrees with the state, and a
+member is never removed while the session table still binds a call to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+
+from rtpcluster.cluster.decisions import Forward, OnSilence, PlaceNewCall
+from rtpcluster.cluster.member import (
+    DRAINING,
+    OFFLINE,
+    OFFLINE_AFTER_FAILURES,
+    ONLINE,
+    PROBING,
+    REMOVED,
+    TRANSITIONS,
+    Asked,
+    Member,
+    MemberState,
+    MemberStateError,
+)
+from rtpcluster.cluster.outcomes import Outcomes
+from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.cluster.supervisor import MemberSupervisor
+from rtpcluster.config import ClusterConfig, MemberConfig, MemberStatus
+from rtpcluster.endpoint import Endpoint
+from rtpcluster.protocol import parse_command
+from rtpcluster.transport.pump import DatagramPump
+
+_port = itertools.count(25000)
+
+
+def config(name: str = "m", status: MemberStatus = MemberStatus.ACTIVE) -> MemberConfig:
+    return MemberConfig.model_validate(
+        {"name": name, "protocol": "udp", "address": f"127.0.0.1:{next(_port)}", "status": status}
+    )
+
+
+def online_member(name: str = "m") -> Member:
+    member = Member(config(name), cluster="c1")
+    member.answered_probe()
+    return member
+
+
+def beat(member: Member, sessions: int) -> None:
+    member.heartbeat({"active sessions": sessions}, member.placed_since_report)
+
+
+# --- examples ------------------------------------------------------------------------------
+
+
+def test_a_member_starts_probing_and_is_online_once_it_answers() -> None:
+    member = Member(config(), cluster="c1")
+    assert (member.state, member.online, member.status) == (PROBING, False, MemberStatus.ACTIVE)
+    member.answered_probe()
+    assert (member.state, member.online) == (ONLINE, True)
+
+
+def test_two_unanswered_requests_in_a_row_take_it_offline_and_it_comes_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    member = online_member()
+    member.record_silence(Asked.HEARTBEAT)
+    member.record_answer()  # an answer ends the run
+    member.record_silence(Asked.COMMAND)
+    assert member.state is ONLINE
+    member.record_silence(Asked.HEARTBEAT)
+    assert member.failures == OFFLINE_AFTER_FAILURES
+    assert (member.state, member.online) == (OFFLINE, False)
+    member.answered_probe()
+    assert (member.state, member.failures) == (ONLINE, 0)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", "c1: member m: online (answers V and the capabilities it needs)"),
+        (
+            "WARNING",
+            "c1: member m: offline (no answer to 1 forwarded command and 1 heartbeat in a row)",
+        ),
+        ("INFO", "c1: member m: online (answered again)"),
+    ]
+
+
+def test_suspension_is_kept_while_it_is_away_and_shows_in_the_status() -> None:
+    member = online_member()
+    member.suspend()
+    assert (member.status, member.accepts_new_sessions) == (MemberStatus.SUSPENDED, False)
+    member.lost("connection failed")
+    member.answered_probe()
+    assert (member.state, member.status) == (ONLINE, MemberStatus.SUSPENDED)
+    assert member.config.status is MemberStatus.SUSPENDED  # what save and reload compare
+    member.resume()
+    assert (member.status, member.accepts_new_sessions) == (MemberStatus.ACTIVE, True)
+
+
+def test_a_drain_ends_by_two_empty_heartbeats_and_not_while_a_call_is_being_placed() -> None:
+    member = online_member()
+    member.drain(None)
+    assert (member.state, member.status, member.online) == (DRAINING, MemberStatus.DRAINING, True)
+    assert not member.accepts_new_sessions
+    beat(member, 0)
+    member.placed_since_report = 1  # an offer on its way to it: placed after this beat was asked
+    member.heartbeat({"active sessions": 0}, placed_before=0)
+    assert member.state is DRAINING
+    member.placed_since_report = 0
+    beat(member, 3)  # calls: the count starts again
+    beat(member, 0)
+    assert member.state is DRAINING
+    beat(member, 0)
+    assert member.state is REMOVED
+
+
+@pytest.mark.parametrize("how", ["deadline", "silence", "connection"])
+def test_a_drain_is_cut_short_by_its_deadline_or_by_silence(how: str) -> None:
+    member = online_member()
+    member.drain(123.0)
+    assert member.drain_deadline == 123.0
+    if how == "deadline":
+        member.drain_deadline_reached()
+    elif how == "silence":
+        for _ in range(OFFLINE_AFTER_FAILURES):
+            member.record_silence(Asked.COMMAND)
+    else:
+        member.lost("connection failed")
+    assert member.state is REMOVED
+
+
+@pytest.mark.parametrize("cancel", ["resume", "suspend"])
+def test_resume_or_suspend_cancel_a_drain(cancel: str) -> None:
+    member = online_member()
+    member.drain(123.0)
+    getattr(member, cancel)()
+    assert (member.state, member.drain_deadline) == (ONLINE, None)
+    assert member.status is (MemberStatus.ACTIVE if cancel == "resume" else MemberStatus.SUSPENDED)
+
+
+def test_deleting_a_member_that_does_not_answer_removes_it_at_once() -> None:
+    for member in (Member(config(), cluster="c1"), online_member()):
+        member.lost("connection failed")
+        member.drain(None)
+        assert member.state is REMOVED
+
+
+def test_a_move_outside_the_table_is_refused() -> None:
+    member = Member(config(), cluster="c1")
+    with pytest.raises(MemberStateError, match="probing -> draining"):
+        member._change(DRAINING, "test")
+    member.drain(None)
+    assert member.state is REMOVED
+    for state in MemberState:
+        if state is not REMOVED:
+            with pytest.raises(MemberStateError):
+                member._change(state, "test")
+
+
+def test_removed_is_final() -> None:
+    assert TRANSITIONS[REMOVED] == frozenset()
+    member = online_member()
+    member.drain(None)
+    member.drain_deadline_reached()
+    for move in (member.answered_probe, member.suspend, member.resume):
+        move()
+    member.restart("again")
+    member.reconfigure(config())
+    assert member.state is REMOVED
+
+
+def test_the_supervisor_forgets_a_removed_members_calls_in_the_same_step() -> None:
+    sessions: SessionTable[Member] = SessionTable()
+    supervisor = _supervisor(sessions, ["a", "b"])
+    a, b = supervisor.members["a"], supervisor.members["b"]
+    for member in (a, b):
+        member.answered_probe()
+    sessions.bind("c1", a)
+    sessions.bind("c2", b)
+    supervisor.drain(a, None)
+    beat(a, 0)
+    assert sessions.count(a) == 1  # still draining
+    beat(a, 0)
+    assert a.state is REMOVED and "a" not in supervisor.members
+    assert (sessions.get("c1"), sessions.get("c2")) == (None, b)
+    assert supervisor.member_list() == [b]
+
+
+def _supervisor(sessions: SessionTable[Member], names: list[str]) -> MemberSupervisor:
+    settings = ClusterConfig(name="c1", listen=[Endpoint.parse("udp:127.0.0.1:1")])
+    return MemberSupervisor(
+        "c1", lambda: settings, sessions, DatagramPump(), [config(n) for n in names]
+    )
+
+
+# --- the property ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    member: int
+    value: int = 0
+
+
+# Events that may end a drain: its own report, silence, a lost connection, the deadline.
+_DRAIN_ENDERS = {
+    "heartbeat ok",
+    "heartbeat failed",
+    "command timed out",
+    "offer unanswered",
+    "connection lost",
+    "deadline",
+}
+
+
+class World:
+    """Three members under a supervisor, the session table, and offers in flight."""
+
+    def __init__(self) -> None:
+        self.sessions: SessionTable[Member] = SessionTable()
+        self.supervisor = _supervisor(self.sessions, ["m0", "m1", "m2"])
+        self.members = list(self.supervisor.members.values())
+        self.outcomes = Outcomes(self.sessions, clock=lambda: 0.0)
+        self.calls = itertools.count()
+        self.offers: list[PlaceNewCall] = []
+        self.bound: dict[str, Member] = {}  # what the table should hold, by our own account
+
+    def step(self, event: Event) -> None:
+        before = {m: m.state for m in self.members}
+        self.apply(event)
+        self.check(before, event)
+
+    def apply(self, event: Event) -> None:
+        member = self.members[event.member]
+        kind = event.kind
+        if kind == "probe ok":
+            member.answered_probe()
+        elif kind == "heartbeat ok":
+            beat(member, event.value)
+        elif kind == "heartbeat failed":
+            member.record_silence(Asked.HEARTBEAT)
+        elif kind in ("command answered", "command timed out", "call ended"):
+            self._forward(member, kind)
+        elif kind == "connection lost":
+            member.lost("connection failed")
+        elif kind == "address changed":
+            member.restart("address changed")
+        elif kind == "suspend":
+            self.supervisor.set_status(member, MemberStatus.SUSPENDED)
+        elif kind == "resume":
+            self.supervisor.set_status(member, MemberStatus.ACTIVE)
+        elif kind == "delete":
+            self.supervisor.drain(member, None)
+        elif kind == "delete with timeout":
+            member.drain(1000.0 + event.value)  # the timer itself is the "deadline" event
+        elif kind == "deadline":
+            member.drain_deadline_reached()
+        elif kind == "offer":
+            call = f"c{next(self.calls)}"
+            request = parse_command(f"U {call} 127.0.0.1 4000 f")
+            offer = PlaceNewCall(member, request, request, call, 0.3, None)
+            self.outcomes.offer_sent(offer)
+            self.offers.append(offer)
+        elif kind in ("offer answered", "offer unanswered"):
+            offer = self.offers.pop(event.value % len(self.offers))
+            if kind == "offer answered":
+                self.outcomes.call_placed(offer, "35000 127.0.0.1")
+                if offer.member.state is not REMOVED:
+                    self.bound[offer.call_id] = offer.member
+            else:
+                self.outcomes.offer_unanswered(offer, timed_out=True)
+
+    def _forward(self, member: Member, kind: str) -> None:
+        mine = [call for call, owner in self.bound.items() if owner is member]
+        call = mine[0] if mine else "unknown"
+        op = "D" if kind == "call ended" else "L"
+        command = parse_command(f"{op} {call} f t" if op == "D" else f"L {call} 1.2.3.4 5 f t")
+        silence = OnSilence.DEFER_AND_ANSWER_0 if op == "D" else OnSilence.ANSWER_E997
+        decision = Forward(member, command, 0.5, silence, call if op == "D" else None, None)
+        if kind == "command timed out":
+            self.outcomes.forward_unanswered(decision)
+        else:
+            self.outcomes.forwarded(decision, "0" if op == "D" else "35000")
+        if op == "D":
+            self.bound.pop(call, None)
+
+    def check(self, before: dict[Member, MemberState], event: Event) -> None:
+        for member in self.members:
+            was, now = before[member], member.state
+            assert now is was or now in TRANSITIONS[was], (was, now, event)
+            if was is DRAINING and now is REMOVED:
+                assert event.kind in _DRAIN_ENDERS, event
+                if event.kind == "heartbeat ok":  # drained by its own report
+                    assert member.zero_heartbeats >= 2 and member.placed_since_report <= 0
+            assert member.online is (now is ONLINE or now is DRAINING)
+            assert (member.status is MemberStatus.DRAINING) is (now is DRAINING)
+            if member.accepts_new_sessions:
+                assert now is ONLINE and not member.suspended
+            if now is REMOVED:
+                # never removed while the table still binds a call to it
+                assert self.sessions.count(member) == 0
+                assert member not in self.supervisor.members.values()
+                for call, owner in list(self.bound.items()):
+                    if owner is member:
+                        assert self.sessions.get(call) is None
+                        del self.bound[call]
+        for call, owner in self.bound.items():  # and every call of the others stays bound
+            assert self.sessions.get(call) is owner, (call, owner.name)
+
+
+members = st.integers(0, 2)
+
+
+class MemberLives(RuleBasedStateMachine):
+    """Random sequences of what happens to members; each event only where it can happen
+    (the router sends nothing to a member that is not online, picks only one that takes
+    new calls; a deadline runs only while a member drains)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = World()
+
+    def _member(self, index: int) -> Member:
+        return self.world.members[index]
+
+    @rule(i=members)
+    def probe_ok(self, i: int) -> None:
+        self.world.step(Event("probe ok", i))
+
+    @rule(i=members, sessions=st.integers(0, 3))
+    def heartbeat_ok(self, i: int, sessions: int) -> None:
+        if self._member(i).online:
+            self.world.step(Event("heartbeat ok", i, sessions))
+
+    @rule(i=members, kind=st.sampled_from(["heartbeat failed", "command timed out"]))
+    def silence(self, i: int, kind: str) -> None:
+        if self._member(i).online:
+            self.world.step(Event(kind, i))
+
+    @rule(i=members, kind=st.sampled_from(["command answered", "call ended"]))
+    def answered(self, i: int, kind: str) -> None:
+        if self._member(i).online:
+            self.world.step(Event(kind, i))
+
+    @rule(
+        i=members,
+        kind=st.sampled_from(["connection lost", "address changed", "suspend", "resume", "delete"]),
+    )
+    def operator_or_network(self, i: int, kind: str) -> None:
+        self.world.step(Event(kind, i))
+
+    @rule(i=members, timeout=st.integers(0, 3))
+    def delete_with_timeout(self, i: int, timeout: int) -> None:
+        self.world.step(Event("delete with timeout", i, timeout))
+
+    @rule(i=members)
+    def deadline(self, i: int) -> None:
+        if self._member(i).state is DRAINING:
+            self.world.step(Event("deadline", i))
+
+    @rule(i=members)
+    def offer(self, i: int) -> None:
+        if self._member(i).accepts_new_sessions:
+            self.world.step(Event("offer", i))
+
+    @precondition(lambda self: bool(self.world.offers))
+    @rule(k=st.integers(0, 7), answered=st.booleans())
+    def offer_outcome(self, k: int, answered: bool) -> None:
+        kind = "offer answered" if answered else "offer unanswered"
+        self.world.step(Event(kind, 0, k))
+
+
+MemberLives.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+test_random_lives_of_members_stay_within_the_transition_table = MemberLives.TestCase

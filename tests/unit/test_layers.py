@@ -71,3 +71,17 @@ def test_endpoint_is_imported_from_its_own_module() -> None:
         if relative == "transport/endpoint.py":
             continue
         assert "rtpcluster.transport.endpoint" not in imports_of(relative), relative
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["cluster/router.py", "cluster/decisions.py", "cluster/balancer.py", "cluster/sessions.py"],
+)
+def test_the_deciding_modules_touch_no_sockets_and_no_trio(relative: str) -> None:
+    imported = imports_of(relative)
+    assert not imported & {"trio", "socket", "select"}, imported
+    assert not {m for m in ours(imported) if ".transport" in m}, imported
+
+
+def test_the_udp_pump_lives_in_the_transport_and_knows_nothing_of_clusters() -> None:
+    assert ours(imports_of("transport/pump.py")) == set()

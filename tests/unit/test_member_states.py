@@ -34,7 +34,7 @@ from rtpcluster.cluster.member import (
 )
 from rtpcluster.cluster.outcomes import Outcomes
 from rtpcluster.cluster.sessions import SessionTable
-from rtpcluster.cluster.supervisor import MemberSupervisor
+from rtpcluster.cluster.supervisor import MemberSupervisor, embedded_args
 from rtpcluster.config import ClusterConfig, MemberConfig, MemberStatus
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.protocol import parse_command
@@ -381,3 +381,18 @@ class MemberLives(RuleBasedStateMachine):
 
 MemberLives.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 test_random_lives_of_members_stay_within_the_transition_table = MemberLives.TestCase
+
+
+def test_an_embedded_member_gets_its_address_loopback_rtp_and_port_range() -> None:
+    udp = MemberConfig.model_validate(
+        {"name": "e", "protocol": "embedded", "address": "udp:127.0.0.2:22301",
+         "rtp_port_min": 40000, "rtp_port_max": 40999}
+    )  # fmt: skip
+    assert embedded_args(udp) == [
+        "-s", "udp:127.0.0.2:22301", "-F", "-d", "err", "-l", "127.0.0.2",
+        "-m", "40000", "-M", "40999",
+    ]  # fmt: skip
+    unix = MemberConfig.model_validate(
+        {"name": "e", "protocol": "embedded", "address": "cunix:/run/e.sock"}
+    )
+    assert embedded_args(unix) == ["-s", "cunix:/run/e.sock", "-F", "-d", "err", "-l", "127.0.0.1"]

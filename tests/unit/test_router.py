@@ -8,7 +8,6 @@ Router returns (and at the decision ``combine`` makes of a broadcast's answers).
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from rtpcluster.config import ClusterConfig, MemberConfig
 from rtpcluster.config.models import DisconnectNotify
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.protocol import CAP_WILDCARD_NOTIFY, Command, parse_command
+from tests.unit.test_balancer import FixedRandom
 
 _port = itertools.count(23000)
 ROUTED_OPS = ["U", "L", "D", "P", "S", "R", "C", "Q", "N"]
@@ -54,15 +54,6 @@ SESSION_COMMANDS = {
     "Q": "Q c1 f t",
     "N": "N c1 f t",
 }
-
-
-class FixedRandom(random.Random):
-    def __init__(self, value: float) -> None:
-        super().__init__(0)
-        self.value = value
-
-    def random(self) -> float:
-        return self.value
 
 
 def make_member(

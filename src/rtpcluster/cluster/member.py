@@ -221,6 +221,14 @@ class Member:
     def utilisation(self) -> float:
         return self.load / self.capacity
 
+    def new_call_offered(self) -> None:
+        """A new call is on its way to it: it counts in the load until a heartbeat has it."""
+        self.placed_since_report += 1
+
+    def new_call_not_taken(self) -> None:
+        """An offer it refused or left unanswered: it no longer counts in the load."""
+        self.placed_since_report -= 1
+
     # --- answers and silence: the one place they are counted -------------------------------
 
     def record_answer(self) -> None:

@@ -13,19 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from rtpcluster.cluster.decisions import (
-    AllCallsForgotten,
-    CapabilityLearned,
-    Effect,
-    Forward,
-    KeepDelete,
-    OnSilence,
-    OwnerFound,
-    OwnerNotFound,
-    PlaceNewCall,
-    RefuseNewCall,
-    StatsLearned,
-)
+from rtpcluster.cluster import decisions
 from rtpcluster.cluster.member import REMOVED, Asked, Member
 from rtpcluster.cluster.router import TIMEOUT_REPLY, confirms_end, shape_reply
 from rtpcluster.cluster.sessions import SessionTable
@@ -43,22 +31,22 @@ class Outcomes:
 
     # --- a command forwarded to the call's member -----------------------------------------
 
-    def forwarded(self, decision: Forward, reply: str) -> str:
+    def forwarded(self, decision: decisions.Forward, reply: str) -> str:
         """The member answered a forwarded command."""
         decision.member.record_answer()
         if decision.ends_call is not None and confirms_end(decision.command.op, reply):
             self._sessions.unbind(decision.ends_call)
         return shape_reply(reply, decision.wan)
 
-    def forward_unanswered(self, decision: Forward) -> str:
+    def forward_unanswered(self, decision: decisions.Forward) -> str:
         """The member did not answer a forwarded command in time."""
         member = decision.member
         member.record_silence(Asked.COMMAND)
-        if decision.on_silence is OnSilence.DEFER_AND_ANSWER_0:
+        if decision.on_silence is decisions.OnSilence.DEFER_AND_ANSWER_0:
             return self._keep_delete(member, decision.command.serialize(), decision.ends_call)
         return TIMEOUT_REPLY
 
-    def delete_kept(self, decision: KeepDelete) -> str:
+    def delete_kept(self, decision: decisions.KeepDelete) -> str:
         """A D for a member that is not online, kept for it without asking it."""
         return self._keep_delete(decision.member, decision.command, decision.call_id)
 
@@ -73,34 +61,34 @@ class Outcomes:
 
     # --- a new call -----------------------------------------------------------------------
 
-    def offer_sent(self, decision: PlaceNewCall) -> None:
+    def offer_sent(self, decision: decisions.PlaceNewCall) -> None:
         """A new call offered to a member: it counts in the member's load at once."""
-        decision.member.placed_since_report += 1
+        decision.member.new_call_offered()
 
-    def call_placed(self, decision: PlaceNewCall, reply: str) -> str:
+    def call_placed(self, decision: decisions.PlaceNewCall, reply: str) -> str:
         """The member answered the offer (``decision.tried``: after others were silent)."""
         member = decision.member
         member.record_answer()
         if is_positive("U", reply) and member.state is not REMOVED:
             self._sessions.bind(decision.call_id, member)
         else:
-            member.placed_since_report -= 1
+            member.new_call_not_taken()
         return shape_reply(reply, decision.wan)
 
-    def offer_unanswered(self, decision: PlaceNewCall, timed_out: bool) -> None:
+    def offer_unanswered(self, decision: decisions.PlaceNewCall, timed_out: bool) -> None:
         """The member left the offer unanswered; the Router's fail-over comes next.
 
         A member that timed out may still create the session late: a delete of it is
         kept for that member. One that could not be reached at all created nothing.
         """
         member = decision.member
-        member.placed_since_report -= 1
+        member.new_call_not_taken()
         member.record_silence(Asked.COMMAND)
         from_tag = decision.request.from_tag
         if timed_out and from_tag is not None:
             member.defer(f"D {decision.call_id} {from_tag}", self._clock())
 
-    def call_refused(self, decision: RefuseNewCall) -> str:
+    def call_refused(self, decision: decisions.RefuseNewCall) -> str:
         """No member could take the new call."""
         return decision.text
 
@@ -113,16 +101,16 @@ class Outcomes:
         else:
             member.record_answer()
 
-    def learned(self, effect: Effect) -> None:
+    def learned(self, effect: decisions.Effect) -> None:
         """What the answers of a broadcast taught (see Router.combine)."""
-        if isinstance(effect, OwnerFound):
+        if isinstance(effect, decisions.OwnerFound):
             if effect.bind and effect.member.state is not REMOVED:
                 self._sessions.bind(effect.call_id, effect.member)
-        elif isinstance(effect, OwnerNotFound):
+        elif isinstance(effect, decisions.OwnerNotFound):
             pass  # the call is nowhere: nothing to keep
-        elif isinstance(effect, CapabilityLearned):
+        elif isinstance(effect, decisions.CapabilityLearned):
             effect.member.capabilities[effect.date] = effect.supported
-        elif isinstance(effect, StatsLearned):
+        elif isinstance(effect, decisions.StatsLearned):
             effect.member.stats_cache.update(effect.values)
-        elif isinstance(effect, AllCallsForgotten):
+        elif isinstance(effect, decisions.AllCallsForgotten):
             self._sessions.clear()

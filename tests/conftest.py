@@ -25,7 +25,7 @@ def rtpproxy(tmp_path: Path) -> Iterator[MemberFactory]:
         elif kind == "udp6":
             control = f"udp6:[::1]:{free_port(family=socket.AF_INET6)}"
         elif kind == "tcp":
-            control = f"tcp:127.0.0.1:{free_port()}"
+            control = f"tcp:127.0.0.1:{free_port(socket.SOCK_STREAM)}"  # free for TCP
         else:
             control = f"udp:127.0.0.1:{free_port()}"
         low, high = next_port_range()

@@ -111,11 +111,11 @@ class Router:
             call_id = cmd.call_id
             assert call_id is not None
             owner = self._sessions.get(call_id)
+            if owner is not None and owner.online:
+                return self._forward(owner, cmd)  # the common case, first
             new_call = cmd.op == "U" and cmd.to_tag is None
             if owner is None or owner.state is REMOVED:
                 return self.place(cmd) if new_call else self._find_owner(cmd, call_id)
-            if owner.online:
-                return self._forward(owner, cmd)
             if cmd.op == "D":
                 return KeepDelete(owner, cmd.serialize(), call_id if _ends_call(cmd) else None)
             if new_call:

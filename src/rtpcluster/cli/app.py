@@ -103,12 +103,22 @@ def _startup_failure(error: BaseException) -> str | None:
     return None
 
 
+def _log_warnings(config: Config) -> None:
+    """What ``--check`` warns about, in the log once logging is set up."""
+    from rtpcluster.config import config_warnings
+
+    log = logging.getLogger("rtpcluster")
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
+
+
 def _run_foreground(config: Config, options: ServeOptions, level: LogLevel) -> None:
     import trio
 
     from rtpcluster.service import run_service
 
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    _log_warnings(config)
     raise_descriptor_limit()
     try:
         trio.run(run_service, config, options)
@@ -132,6 +142,7 @@ def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: Lo
     daemon.detach()  # only the detached process comes back
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     log = logging.getLogger("rtpcluster")
+    _log_warnings(config)
     options.reopen_log = daemon.reopen_log
     raise_descriptor_limit()
 
@@ -201,9 +212,11 @@ def serve(
     """Run the cluster service (a daemon unless --foreground)."""
     cfg = _load(config)
     if check:
-        from rtpcluster.config import summary
+        from rtpcluster.config import config_warnings, summary
 
         typer.echo(summary(cfg), nl=False)
+        for warning in config_warnings(cfg):
+            typer.echo(f"rtpcluster: warning: {warning}", err=True)
         return
     try:
         spec = _absolute_admin_spec(admin_socket)

@@ -286,7 +286,8 @@ async def modify_resume(ctx: ModifyContext, args: MemberArgs) -> Reply:
 @ADMIN.command(
     "create",
     args=CreateArgs,
-    help="create a cluster: address=KIND:ADDR [, capacity_limit=soft|hard, <timer>=SECONDS]",
+    help="create a cluster: address=KIND:ADDR [, capacity_limit=soft|hard, <timer>=SECONDS, "
+    "rise|fall|flap_limit=N]",
 )
 async def create(ctx: AdminContext, args: CreateArgs) -> Reply:
     cluster = cluster_from_fields(args.cluster, unique_fields(args.fields))

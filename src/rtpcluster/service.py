@@ -5,6 +5,8 @@
     root nursery
     ├── admin server
     ├── signal watcher      SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 reopen the log
+    ├── http server         optional (--http / <http>): metrics, JSON API, status page
+    ├── systemd notifier    READY/STATUS/WATCHDOG when run by systemd ($NOTIFY_SOCKET)
     └── cluster nursery per <rtp_cluster> (cancellable on its own)
 
 It is also the :class:`~rtpcluster.cluster.control.ServiceControl` the admin plane
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from pydantic import BaseModel
@@ -25,6 +27,8 @@ from rtpcluster.cluster.cluster import Cluster
 from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
 from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
 from rtpcluster.config.models import MemberStatus
+from rtpcluster.sdnotify import Notifier, status_text
+from rtpcluster.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ class ServeOptions:
     admin_owner: str | None = None
     reopen_log: Callable[[], None] | None = None
     stop_grace: float = 2.0
+    http: Endpoint | None = None  # where the HTTP endpoint listens; None: off
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
 
 
 class Service:
@@ -69,8 +75,16 @@ class Service:
                     serve_admin, self, self.options.admin_socket, self.options.admin_owner
                 )
             nursery.start_soon(self._watch_signals)
+            if self.options.http is not None:
+                from rtpcluster.http.readings import ServiceStatus
+                from rtpcluster.http.server import serve_http
+
+                status = ServiceStatus(self)
+                await nursery.start(serve_http, status, self.options.http, self.stopped.wait)
+            await nursery.start(self.options.notifier.run, self.status_text)
             task_status.started(self)
             await self.stopped.wait()
+            self.options.notifier.stopping()
             await self._stop_clusters()
             nursery.cancel_scope.cancel()
 
@@ -135,6 +149,9 @@ class Service:
     def clusters(self) -> list[ClusterInfo]:
         return [c.info() for c in self.running.values()]
 
+    def status_text(self) -> str:
+        return status_text(self.clusters())
+
     def cluster(self, name: str) -> ClusterInfo:
         return self._cluster(name).info()
 
@@ -186,7 +203,8 @@ class Service:
         return Config(
             clusters=[
                 c.lasting_config() for c in self.running.values() if c.name not in self._leaving
-            ]
+            ],
+            http=self._config.http,
         )
 
     async def reload(self, dry_run: bool = False) -> ReloadPlan:
@@ -197,7 +215,11 @@ class Service:
         async with self._reload_lock:
             plan = plan_reload(self.running_config(), new)
             if not dry_run:
-                await self._apply(new)
+                self.options.notifier.reloading()
+                try:
+                    await self._apply(new)
+                finally:
+                    self.options.notifier.ready(self.status_text())
         return plan
 
     async def _apply(self, new: Config) -> None:

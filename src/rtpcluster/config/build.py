@@ -123,8 +123,8 @@ def build_cluster(
     return validated(ClusterConfig, data, context)
 
 
-def build_config(clusters: Sequence[ClusterConfig]) -> Config:
-    return validated(Config, {"clusters": list(clusters)}, "")
+def build_config(clusters: Sequence[ClusterConfig], http: str | None = None) -> Config:
+    return validated(Config, {"clusters": list(clusters), "http": http}, "")
 
 
 def capacity_limit_type(value: object) -> str:

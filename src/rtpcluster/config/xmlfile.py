@@ -67,13 +67,14 @@ def parse_config(text: str | bytes, source: str = "<config>") -> Config:
     if root != ROOT:
         raise ConfigError(f"{source}: root element is <{root}>, expected <{ROOT}>")
     try:
-        top = _children(document[root], ROOT, ("rtp_cluster",))
+        top = _children(document[root], ROOT, ("rtp_cluster", "http"))
+        http = _text(top["http"], "http") if "http" in top else None
     except ElementError as exc:
         raise ConfigError(str(exc)) from None
     clusters = [
         _cluster(node, position) for position, node in enumerate(top.get("rtp_cluster", []), 1)
     ]
-    return build_config(clusters)
+    return build_config(clusters, http)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -91,7 +92,11 @@ def dump_config(config: Config) -> str:
     Elements of the original format are always written; our additions only when they
     differ from their defaults, so a plain cluster stays readable by the original.
     """
-    document = {ROOT: {"rtp_cluster": [_cluster_tree(cluster) for cluster in config.clusters]}}
+    tree: dict[str, object] = {}
+    if config.http is not None:
+        tree["http"] = config.http.address
+    tree["rtp_cluster"] = [_cluster_tree(cluster) for cluster in config.clusters]
+    document = {ROOT: tree}
     xml: str = xmltodict.unparse(document, pretty=True, indent="  ", short_empty_elements=True)
     return xml + "\n"
 

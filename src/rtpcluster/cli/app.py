@@ -132,7 +132,9 @@ def _startup_failure(error: BaseException) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(error, AdminSocketError | ConfigError | DaemonError):
+    from rtpcluster.http.server import HttpEndpointError
+
+    if isinstance(error, AdminSocketError | ConfigError | DaemonError | HttpEndpointError):
         return str(error)
     if isinstance(error, OSError):
         return f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"

@@ -27,6 +27,10 @@ from rtpcluster.transport.endpoint import Endpoint
 log = logging.getLogger(__name__)
 
 
+class HttpEndpointError(Exception):
+    """The HTTP endpoint cannot listen; the message names the address and says why."""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
     """What one client may hold of the server, and for how long."""
@@ -90,7 +94,7 @@ async def serve_http(
     """Serve :class:`StatusApp` on ``bind`` until cancelled or ``shutdown`` returns.
 
     ``task_status.started`` gets the URLs bound once the socket listens; a bind that
-    fails raises OSError before that.
+    fails raises :class:`HttpEndpointError` before that.
     """
     if not is_loopback(bind.host):
         log.warning(
@@ -99,10 +103,25 @@ async def serve_http(
             bind.address,
         )
     app = StatusApp(source)
-    await serve(
-        cast(ASGIFramework, app),
-        hypercorn_config(bind, limits),
-        shutdown_trigger=shutdown,
-        task_status=task_status,
-        mode="asgi",
-    )
+    try:
+        await serve(
+            cast(ASGIFramework, app),
+            hypercorn_config(bind, limits),
+            shutdown_trigger=shutdown,
+            task_status=task_status,
+            mode="asgi",
+        )
+    except* OSError as group:
+        # hypercorn binds inside two nurseries of its own: a bind that failed arrives as
+        # a group of one OSError; say it in one line (a Cancelled is never caught here).
+        error = _first(group)
+        raise HttpEndpointError(
+            f"HTTP endpoint {bind.address}: {error.strerror or error}"
+        ) from None
+
+
+def _first(group: BaseExceptionGroup[OSError]) -> OSError:
+    inner: OSError | BaseExceptionGroup[OSError] = group
+    while isinstance(inner, BaseExceptionGroup):
+        inner = inner.exceptions[0]
+    return inner

@@ -32,14 +32,20 @@ MAX_STATUS = 200  # characters of STATUS=; systemctl shows one line
 
 
 def status_text(clusters: list[ClusterInfo]) -> str:
-    """``2 clusters, 3 of 4 members online`` for ``systemctl status``."""
+    """``2 clusters, 3 of 4 members online; offline: c1/m2`` for ``systemctl status``."""
     members = [m for c in clusters for m in c.members]
     online = sum(m.online for m in members)
-    text = f"{len(clusters)} clusters, {online} of {len(members)} members online"
+    text = (
+        f"{plural(len(clusters), 'cluster')}, {online} of {plural(len(members), 'member')} online"
+    )
     offline = [f"{c.name}/{m.name}" for c in clusters for m in c.members if not m.online]
     if offline:
         text += "; offline: " + ", ".join(offline)
     return text[:MAX_STATUS]
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def socket_address(value: str) -> str | bytes:

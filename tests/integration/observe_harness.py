@@ -107,11 +107,18 @@ class NotifyListener:
         data = self.sock.recv(4096).decode()
         return dict(line.split("=", 1) for line in data.split("\n"))
 
-    def until(self, predicate: Callable[[dict[str, str]], bool]) -> dict[str, str]:
-        while True:
+    def until(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float = 30.0
+    ) -> dict[str, str]:
+        """The first notification ``predicate`` accepts, skipping others (bounded)."""
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
             fields = self.message()
             if predicate(fields):
                 return fields
+            seen.append(fields)
+        raise AssertionError(f"no such notification; the last ones: {seen[-5:]}")
 
     def close(self) -> None:
         self.sock.close()

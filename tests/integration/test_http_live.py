@@ -82,7 +82,7 @@ async def test_member_up_follows_a_killed_member(rtpproxy: MemberFactory) -> Non
         assert got[member_key("rtpcluster_member_status", "m0", status="ACTIVE")] == 1
         assert got[member_key("rtpcluster_member_rtt_seconds", "m0")] > 0
         ready = await http_get(endpoint.port, "/ready")
-        assert (ready.status, ready.text) == (200, "ready: 1 clusters\n")
+        assert (ready.status, ready.text) == (200, "ready: 1 cluster\n")
 
         proxies[0].kill()
         await endpoint.member_offline("m0")

@@ -234,7 +234,7 @@ def test_ready_names_the_cluster_without_a_member_taking_calls(
     assert response.body == b"no member taking new calls in cluster empty\n"
     source.control.infos = source.control.infos[:1]
     response = app.respond(request("/ready"))
-    assert (response.status, response.body) == (200, b"ready: 1 clusters\n")
+    assert (response.status, response.body) == (200, b"ready: 1 cluster\n")
     source.stopping = True
     assert app.respond(request("/ready")).status == 503
 

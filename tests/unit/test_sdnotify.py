@@ -58,10 +58,10 @@ async def systemd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sy
 
 async def test_ready_carries_the_status(systemd: Systemd) -> None:
     notifier = Notifier(systemd.address)
-    notifier.ready("1 clusters, 2 of 2 members online")
+    notifier.ready("1 cluster, 2 of 2 members online")
     assert await systemd.message() == {
         "READY": "1",
-        "STATUS": "1 clusters, 2 of 2 members online",
+        "STATUS": "1 cluster, 2 of 2 members online",
     }
 
 
@@ -155,7 +155,7 @@ async def test_service_notifies_ready_after_binding_then_reload_and_stop(
     )
     service = await nursery.start(run_service, Config(clusters=[cluster]), options)
     ready = await systemd.message()
-    assert ready == {"READY": "1", "STATUS": "1 clusters, 0 of 0 members online"}
+    assert ready == {"READY": "1", "STATUS": "1 cluster, 0 of 0 members online"}
     # the cluster's listener was bound before READY: it answers now
     client = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
     with client:

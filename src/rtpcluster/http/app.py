@@ -30,6 +30,7 @@ from rtpcluster.cluster.control import (
 )
 from rtpcluster.http.metrics import exposition, make_registry
 from rtpcluster.http.readings import StatusSource
+from rtpcluster.sdnotify import plural
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def readiness(clusters: list[ClusterInfo], stopping: bool) -> tuple[bool, str]:
     ]
     if idle:
         return False, "no member taking new calls in cluster " + ", ".join(idle)
-    return True, f"ready: {len(clusters)} clusters"
+    return True, f"ready: {plural(len(clusters), 'cluster')}"
 
 
 class StatusApp:

@@ -1,0 +1,121 @@
+"""The status page in real headless Chromium (Debian ``chromium`` + ``chromium-driver``),
+driven with selenium: each member is shown with its state, and a killed member is shown
+going offline as the page refreshes itself.
+
+With RTPCLUSTER_SCREENSHOT_DIR set, the test leaves screenshots there (docs/ uses them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rtpcluster.admin.client import send_command
+from tests.conftest import MemberFactory
+from tests.integration.observe_harness import missing, require_program, rtpcluster_process
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    chromium = require_program("chromium", "chromium")
+    driver_path = require_program("chromedriver", "chromium-driver")
+    options = Options()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument("--window-size=1280,560")
+    try:
+        # Both paths given: selenium runs these programs and fetches nothing.
+        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    except Exception as err:  # a driver that does not match the browser, say
+        missing(f"a working chromium + chromedriver ({err.__class__.__name__}: {err})")
+        raise
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def states(driver: WebDriver) -> dict[str, str]:
+    """member -> the state the page shows (its badge text)."""
+    rows = driver.find_elements(By.CSS_SELECTOR, "section[data-cluster='c1'] tr[data-member]")
+    return {
+        row.get_attribute("data-member") or "": row.find_element(By.CSS_SELECTOR, ".badge").text
+        for row in rows
+    }
+
+
+def cell(driver: WebDriver, member: str, label: str) -> str:
+    selector = f"tr[data-member='{member}'] td[data-label='{label}']"
+    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+
+
+def screenshot(driver: WebDriver, name: str) -> None:
+    where = os.environ.get("RTPCLUSTER_SCREENSHOT_DIR")
+    if where:
+        driver.save_screenshot(str(Path(where) / name))
+
+
+def test_status_page_shows_members_and_one_going_offline(
+    browser: WebDriver, rtpproxy: MemberFactory
+) -> None:
+    proxies = [rtpproxy(), rtpproxy(), rtpproxy()]
+    members = [(f"rtpp{i + 1}", proxy) for i, proxy in enumerate(proxies)]
+    with rtpcluster_process(members) as cluster:
+        cluster.start()
+        cluster.wait_online()
+        cluster.new_calls(12)
+        lines, ok = send_command(str(cluster.admin), "modify c1 suspend rtpp3", 10)
+        assert ok, lines
+
+        browser.get(cluster.url + "/")
+        wait = WebDriverWait(browser, 20, poll_frequency=0.1)
+        wait.until(lambda d: states(d) == {"rtpp1": "online", "rtpp2": "online", "rtpp3": "online"})
+        wait.until(lambda d: cell(d, "rtpp3", "status") == "SUSPENDED")
+        assert cell(browser, "rtpp1", "weight") == "100"
+        assert cell(browser, "rtpp1", "capacity") == "50"
+        assert cell(browser, "rtpp1", "RTT").endswith(" ms")
+        sessions = [int(cell(browser, m, "sessions")) for m in ("rtpp1", "rtpp2", "rtpp3")]
+        assert sum(sessions) >= 12
+        # fields the executors will fill (issue 10) show a dash until then
+        assert cell(browser, "rtpp1", "errors") == "\u2013"
+        summary = browser.find_element(By.ID, "summary").text
+        assert summary == "1 cluster, 3 of 3 members online"
+
+        proxies[0].kill()
+        wait.until(lambda d: states(d).get("rtpp1") == "offline")
+        assert states(browser) == {"rtpp1": "offline", "rtpp2": "online", "rtpp3": "online"}
+        wait.until(
+            lambda d: d.find_element(By.ID, "summary").text.endswith("2 of 3 members online")
+        )
+        screenshot(browser, "status-page.png")
+
+        browser.set_window_size(390, 844)  # a phone
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "thead").is_displayed() is False)
+        screenshot(browser, "status-page-phone.png")
+
+        # the service going away: the page says its figures are stale
+        assert cluster.stop() == 0
+        wait.until(lambda d: d.find_element(By.ID, "problem").is_displayed())
+        assert "stale" in browser.find_element(By.ID, "problem").text

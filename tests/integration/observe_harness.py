@@ -70,7 +70,9 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-def config_xml(control_port: int, members: list[tuple[str, RtpProxy]]) -> str:
+def config_xml(
+    control_port: int, members: list[tuple[str, RtpProxy]], http: str | None = None
+) -> str:
     blocks = "".join(
         f"""
     <rtpproxy>
@@ -81,8 +83,9 @@ def config_xml(control_port: int, members: list[tuple[str, RtpProxy]]) -> str:
     </rtpproxy>"""
         for name, proxy in members
     )
+    http_element = f"\n  <http>{http}</http>" if http else ""
     return f"""<?xml version="1.0"?>
-<rtp_cluster_config>
+<rtp_cluster_config>{http_element}
   <rtp_cluster>
     <name>c1</name>
     <protocol>udp</protocol>
@@ -127,14 +130,17 @@ class NotifyListener:
 class Rtpcluster:
     """One ``rtpcluster serve --foreground`` process with the HTTP endpoint on."""
 
-    def __init__(self, workdir: Path, members: list[tuple[str, RtpProxy]]) -> None:
+    def __init__(
+        self, workdir: Path, members: list[tuple[str, RtpProxy]], http_in_xml: int | None = None
+    ) -> None:
         self.workdir = workdir
         self.members = dict(members)
         self.control_port = free_port()
         self.http_port = free_port(socket.SOCK_STREAM)
         self.admin = workdir / "admin.sock"
         self.config = workdir / "rtp_cluster.xml"
-        self.config.write_text(config_xml(self.control_port, members))
+        http = None if http_in_xml is None else f"127.0.0.1:{http_in_xml}"
+        self.config.write_text(config_xml(self.control_port, members, http))
         self.stderr = workdir / "rtpcluster.stderr"
         self.notify = NotifyListener(workdir / "notify.sock")
         self.process: subprocess.Popen[bytes] | None = None
@@ -143,11 +149,14 @@ class Rtpcluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> dict[str, str]:
-        """Start it and return its READY=1 notification."""
+    def start(
+        self, *extra: str, env: dict[str, str] | None = None, http_flag: bool = True
+    ) -> dict[str, str]:
+        """Start it (``--http`` on ``http_port`` unless told not to); its READY=1."""
         args = [sys.executable, "-m", "rtpcluster", "serve", "--foreground"]
-        args += ["-c", str(self.config), "-s", str(self.admin)]
-        args += ["--http", f"127.0.0.1:{self.http_port}", *extra]
+        args += ["-c", str(self.config), "-s", str(self.admin), *extra]
+        if http_flag:
+            args += ["--http", f"127.0.0.1:{self.http_port}"]
         environment = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **(env or {})}
         with open(self.stderr, "wb") as stderr:
             self.process = subprocess.Popen(
@@ -207,9 +216,11 @@ def short_dir() -> Iterator[Path]:
 
 
 @contextmanager
-def rtpcluster_process(members: list[tuple[str, RtpProxy]]) -> Iterator[Rtpcluster]:
+def rtpcluster_process(
+    members: list[tuple[str, RtpProxy]], http_in_xml: int | None = None
+) -> Iterator[Rtpcluster]:
     with short_dir() as workdir:
-        cluster = Rtpcluster(workdir, members)
+        cluster = Rtpcluster(workdir, members, http_in_xml)
         try:
             yield cluster
         finally:

@@ -1,4 +1,5 @@
-"""``rtpcluster serve`` under systemd's eyes: this test holds $NOTIFY_SOCKET.
+"""``rtpcluster serve`` as a process: under systemd's eyes (this test holds
+$NOTIFY_SOCKET), and where its HTTP endpoint comes from.
 
 One process run with a watchdog and ``--log-format json``: READY=1 comes once the
 listeners are bound, STATUS follows the members, WATCHDOG=1 keeps coming, a SIGHUP is
@@ -11,8 +12,11 @@ import json
 import signal
 import socket
 
+import pytest
+
 from tests.conftest import MemberFactory
 from tests.integration.observe_harness import get, rtpcluster_process
+from tests.rtpproxies import free_port
 
 
 def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> None:
@@ -56,3 +60,16 @@ def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> N
     messages = [d["message"] for d in documents]
     assert any("reload on SIGHUP" in m for m in messages)
     assert any(m.startswith("Running on http://127.0.0.1:") for m in messages)
+
+
+def test_http_from_the_xml_and_the_flag_winning_over_it(rtpproxy: MemberFactory) -> None:
+    members = [("m0", rtpproxy())]
+    xml_port = free_port(socket.SOCK_STREAM)
+    with rtpcluster_process(members, http_in_xml=xml_port) as cluster:
+        cluster.start(http_flag=False)  # <http> alone turns the endpoint on
+        assert get(f"http://127.0.0.1:{xml_port}/healthz") == (200, b"ok\n")
+        assert cluster.stop() == 0
+        cluster.start()  # --http on another port wins over <http>
+        assert get(cluster.url + "/healthz") == (200, b"ok\n")
+        with pytest.raises(OSError):
+            get(f"http://127.0.0.1:{xml_port}/healthz")

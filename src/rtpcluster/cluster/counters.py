@@ -6,18 +6,26 @@ trio thread, so a reader never sees a half-done update. Every label value is fix
 advance (the ops of the protocol, the result words below): a call-id or anything a
 client sent never becomes a label.
 
-Which outcome bumps which counter:
+Which outcome bumps which counter (each once, where the executor finishes a command):
 
-* a command answered: ``ClusterCounters.commands[(op, result)]`` and
-  ``ClusterCounters.latency.observe(seconds)``; a command that went to a member also
-  ``MemberCounters.commands[result]`` of that member (``ok``, ``error``, ``timeout``);
-* a new call (``U`` without to-tag): ``new_calls_placed`` when its first member took it,
-  ``new_calls_failover`` when another member took it after the first did not answer,
-  ``new_calls_refused`` when none could (E998/E999/E993);
-* a command for a call no member is known to hold, asked of every online member:
-  ``broadcast_found`` or ``broadcast_not_found``;
+* every command answered: ``ClusterCounters.commands[(op, result)]`` with the result the
+  client got (``ok``; ``timeout`` for E997; ``error`` for any other ``E`` reply, parse
+  errors included, op ``-`` when the op is unknown), and ``latency.observe(seconds)``
+  from arrival to reply. A ``D`` answered ``0`` after its member timed out (the delete
+  is deferred) is ``ok`` here;
+* every command sent to a member: ``MemberCounters.commands[result]`` of that member:
+  ``ok`` (a reply), ``error`` (an ``E`` reply), ``timeout`` (none in time). A new call
+  that failed over counts on each member tried; a broadcast on each member asked;
+* a new call (``U`` without to-tag, for a call-id nobody holds): ``new_calls_placed``
+  when the first member picked took it, ``new_calls_failover`` when a later one did after
+  the first stayed silent, ``new_calls_refused`` when none did (E998, E999, or E997 with
+  every member tried silent);
+* a command for a call no member is known to hold, asked of every online member
+  (``_find_owner``): ``broadcast_found`` when exactly one had it, ``broadcast_not_found``
+  otherwise;
 * a UDP retransmit answered from the reply cache: ``retransmits`` and
-  ``commands[(op_label(body), "cached")]`` (the body is not parsed again for it);
+  ``commands[(op_label(body), "cached")]`` (the body is not parsed again for it); one
+  absorbed while the first copy is in flight counts nothing;
 * a member going online or offline: ``MemberCounters.state_changed(online)``.
 """
 
@@ -35,8 +43,8 @@ _OP_OF_BYTE: Final = {ord(op): op for op in COMMAND_OPS[:-1]} | {
 }
 
 COMMAND_RESULTS: Final = ("ok", "error", "timeout", "cached")
-"""``ok``: a reply that is not an error; ``error``: an ``E`` reply; ``timeout``: no member
-answered in time (E993 included); ``cached``: answered from the reply cache."""
+"""``ok``: a reply that is not an error; ``timeout``: E997, no member answered in time;
+``error``: any other ``E`` reply; ``cached``: answered from the reply cache."""
 
 MEMBER_RESULTS: Final = ("ok", "error", "timeout")
 

@@ -291,7 +291,7 @@ def ctl(
             "--socket",
             "-s",
             "--admin-socket",
-            help=f"admin socket of the service [default: {' or '.join(CTL_SOCKETS)}]",
+            help=f"admin socket of the service (default: {', then '.join(CTL_SOCKETS)})",
             show_default=False,
         ),
     ] = None,

@@ -182,6 +182,12 @@ class Rtpcluster:
         assert self.process is not None
         os.kill(self.process.pid, signum)
 
+    def exit_code(self) -> int:
+        """Wait for the process to end by itself (after a signal already sent)."""
+        process, self.process = self.process, None
+        assert process is not None
+        return process.wait(timeout=20)
+
     def stop(self) -> int:
         """SIGTERM and wait; the exit code."""
         process, self.process = self.process, None

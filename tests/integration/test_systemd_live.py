@@ -50,7 +50,7 @@ def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> N
 
         cluster.signal(signal.SIGTERM)
         assert cluster.notify.until(lambda f: "STOPPING" in f)["STOPPING"] == "1"
-        assert cluster.stop() == 0
+        assert cluster.exit_code() == 0
         lines = cluster.stderr.read_text().splitlines()
 
     assert lines

@@ -39,6 +39,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def e2e(session: nox.Session) -> None:
-    """Kamailio and sipp through rtpcluster; skips where they are not installed."""
-    session.install("-e", ".[test]")
+    """Kamailio, the Sippy B2BUA and sipp through rtpcluster; skips where not installed."""
+    # sippy: the Sippy B2BUA, a second real RTPproxy client and notify consumer (PyPI).
+    session.install("-e", ".[test]", "sippy==2.5.0")
     session.run("pytest", "-m", "e2e", "tests/e2e", *session.posargs)

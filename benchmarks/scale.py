@@ -3,9 +3,14 @@
 Runs in a child process of its own (:func:`measure_in_child`) so that a million call-ids
 neither inflate the orchestrator nor get counted by anything else's allocations.
 
-Call-ids are 36 characters (UUID-shaped, like many SIP stacks generate), built inside
-the traced region: the table has to keep each key, so its string is part of what tracking
-one call costs. The figure without the key strings is reported too.
+Call-ids are 36 characters (UUID-shaped, like many SIP stacks generate), taken from a
+parsed ``U`` inside the traced region, as the Router binds them: the table has to keep
+each key, so its string is part of what tracking one call costs. The figure without the
+key strings is reported too. Bytes per tracked call are measured twice: right after the
+binds (one generation) and after an ageing with half of the calls used again, so that
+both generations hold calls (and their per-member counts). Then every call ends (the
+unbind of a confirmed ``D``) and what the table still holds is reported: dicts keep
+their size when entries leave, until the upkeep compacts them.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def measure(sizes: tuple[int, ...], memory_at: int) -> dict[str, Any]:
     out: dict[str, Any] = {"sizes": list(sizes), "lookup_hit_ns": {}, "lookup_miss_ns": {}}
 
     # lookup cost as the table grows (no tracing: tracemalloc would dominate)
-    table: SessionTable[object] = SessionTable(idle_timeout=3600.0, max_entries=2_000_000)
+    table: SessionTable[object] = SessionTable(idle_timeout=3600.0, max_entries=2 * max(sizes) + 2)
     filled = 0
     absent = [call_id(10_000_000 + i) for i in range(LOOKUPS)]
     out["loop_ns"] = _loop_ns(absent)
@@ -75,20 +80,40 @@ def measure(sizes: tuple[int, ...], memory_at: int) -> dict[str, Any]:
     gc.collect()
 
     # memory per tracked call at ``memory_at`` calls
+    from rtpcluster.protocol import parse_command
+
+    offers = [f"U {call_id(i)} 192.0.2.1 5000 ftag".encode() for i in range(memory_at)]
+    gc.collect()
     tracemalloc.start()
-    table2: SessionTable[object] = SessionTable(idle_timeout=3600.0, max_entries=2_000_000)
+    table2: SessionTable[object] = SessionTable(idle_timeout=3600.0, max_entries=2 * memory_at + 2)
     base, _ = tracemalloc.get_traced_memory()
     t0 = time.perf_counter()
-    for i in range(memory_at):
-        table2.bind(call_id(i), members[i & 1])
+    for i, offer in enumerate(offers):
+        cid = parse_command(offer).call_id
+        assert cid is not None
+        table2.bind(cid, members[i & 1])
     bind_s = time.perf_counter() - t0
     used, _ = tracemalloc.get_traced_memory()
+    table2.rotate()
+    for i in range(0, memory_at, 2):
+        table2.get(call_id(i))  # used again: back in the young generation
+    assert len(table2) == memory_at
+    used_two, _ = tracemalloc.get_traced_memory()
+    for i in range(memory_at):
+        table2.unbind(call_id(i))
+    assert len(table2) == 0
+    ended, _ = tracemalloc.get_traced_memory()
+    table2.compact()  # what the cluster's upkeep does every second
+    compacted, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     key_bytes = sys.getsizeof(call_id(0))
     per_call = (used - base) / memory_at
     out["memory_at"] = memory_at
     out["bytes_per_session"] = per_call
     out["bytes_per_session_without_key"] = per_call - key_bytes
+    out["bytes_per_session_two_generations"] = (used_two - base) / memory_at
+    out["bytes_held_after_end"] = ended - base
+    out["bytes_held_after_compact"] = compacted - base
     out["key_bytes"] = key_bytes
     out["bind_us_traced"] = bind_s / memory_at * 1e6
     return out

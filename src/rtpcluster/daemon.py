@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import select
 import sys
 from dataclasses import dataclass, field
@@ -125,6 +126,26 @@ def remove_pidfile(path: str, pid: int) -> None:
     with contextlib.suppress(OSError, DaemonError):
         if read_pid(path) == pid:
             os.unlink(path)
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard one; the limit now in force.
+
+    Every control and admin connection holds a descriptor. The usual soft limit of
+    1,024 is a default for interactive shells; the hard one is what the administrator
+    (``LimitNOFILE=`` in the systemd unit) granted the service.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.debug("open file limit: %d (the hard limit)", soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as err:  # an infinite hard limit above the kernel's cap
+        log.debug("open file limit stays %d: cannot raise it to %s: %s", soft, hard, err)
+        return soft
+    log.debug("open file limit raised from %d to %d", soft, hard)
+    return int(hard)
 
 
 def open_log(path: str) -> int:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 from pydantic import BaseModel
@@ -26,13 +27,24 @@ from pydantic import BaseModel
 from rtpcluster.cluster.cluster import Cluster
 from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
 from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
-from rtpcluster.config.models import MemberStatus
+from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
+from rtpcluster.failures import describe_failure
 from rtpcluster.sdnotify import Notifier, status_text
 from rtpcluster.transport.endpoint import Endpoint
+from rtpcluster.transport.listeners import (
+    BoundSockets,
+    ListenerError,
+    bind_endpoint,
+    reopen_endpoint,
+)
+from rtpcluster.transport.resolve import ResolveError, SocketIdentity, socket_identity
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ADMIN_SOCKET = "/var/run/rtp_cluster.sock"
+# How long the member addresses of one change may take to resolve, all together: a
+# change waits for them, and so do the admin commands behind it.
+RESOLVE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -40,14 +52,43 @@ class ServeOptions:
     config_path: str
     admin_socket: str | None = DEFAULT_ADMIN_SOCKET  # None: no admin socket (tests)
     admin_owner: str | None = None
+    admin_token_file: str | None = None  # every admin connection must authenticate
+    save_dirs: tuple[str, ...] = ()  # where admin `save PATH` may write; () the config's dir
     reopen_log: Callable[[], None] | None = None
     stop_grace: float = 2.0
     http: Endpoint | None = None  # where the HTTP endpoint listens; None: off
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
 
 
+@dataclass
+class _Prepared:
+    """A change made ready, by cluster name: the control sockets it adds, bound, and the
+    sockets of kept endpoints whose ``<listen>`` attributes change, shared for their
+    successors (see :func:`~rtpcluster.transport.listeners.reopen_endpoint`).
+
+    Whatever is not taken by a cluster is closed with :meth:`close`.
+    """
+
+    bound: dict[str, list[BoundSockets]] = field(default_factory=dict)
+
+    def take(self, cluster: str) -> list[BoundSockets]:
+        return self.bound.pop(cluster, [])
+
+    def close(self) -> None:
+        for sockets in self.bound.values():
+            for one in sockets:
+                one.close()
+        self.bound.clear()
+
+
 class Service:
-    """Owns the clusters; every change made at run time goes through here."""
+    """Owns the clusters; every change made at run time goes through here.
+
+    A change (reload, ``create``, ``modify add``) is made in two steps: first everything
+    that can fail is done without touching what runs (new control sockets bound, a new
+    mode or owner of a socket file tried, member addresses resolved and compared), then
+    it is applied by steps that cannot fail. A refused change leaves the service as it was.
+    """
 
     def __init__(self, config: Config, options: ServeOptions) -> None:
         self._config = config
@@ -56,37 +97,50 @@ class Service:
         self._nursery: trio.Nursery | None = None
         self._next_index = 0
         self.stopped = trio.Event()
-        self._reload_lock = trio.Lock()
+        self._changing = trio.Lock()  # one change at a time, from its checks to its end
         self._leaving: set[str] = set()  # clusters being destroyed
+        self._ended: dict[Cluster, trio.Event] = {}
 
     # --- the tree -----------------------------------------------------------------------------
 
     async def run(
         self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for cluster_config in self._config.clusters:
-                await self._start_cluster(cluster_config)
-            if self.options.admin_socket is not None:
-                from rtpcluster.admin.server import serve_admin
+        """Bind every control socket first, so a busy one stops the start before anything runs."""
+        prepared = await self._prepare(self._config, strict=False)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._start_clusters(self._config.clusters, prepared)
+                if self.options.admin_socket is not None:
+                    from rtpcluster.admin.server import serve_admin
 
-                await nursery.start(
-                    serve_admin, self, self.options.admin_socket, self.options.admin_owner
-                )
-            nursery.start_soon(self._watch_signals)
-            if self.options.http is not None:
-                from rtpcluster.http.readings import ServiceStatus
-                from rtpcluster.http.server import serve_http
+                    await nursery.start(
+                        partial(
+                            serve_admin,
+                            token_file=self.options.admin_token_file,
+                            save_dirs=self.options.save_dirs,
+                        ),
+                        self,
+                        self.options.admin_socket,
+                        self.options.admin_owner,
+                    )
+                nursery.start_soon(self._watch_signals)
+                if self.options.http is not None:
+                    from rtpcluster.http.readings import ServiceStatus
+                    from rtpcluster.http.server import serve_http
 
-                status = ServiceStatus(self)
-                await nursery.start(serve_http, status, self.options.http, self.stopped.wait)
-            await nursery.start(self.options.notifier.run, self.status_text)
-            task_status.started(self)
-            await self.stopped.wait()
-            self.options.notifier.stopping()
-            await self._stop_clusters()
-            nursery.cancel_scope.cancel()
+                    status = ServiceStatus(self)
+                    await nursery.start(serve_http, status, self.options.http, self.stopped.wait)
+                # Last: READY=1 goes out once every socket above is bound.
+                await nursery.start(self.options.notifier.run, self.status_text)
+                task_status.started(self)
+                await self.stopped.wait()
+                self.options.notifier.stopping()
+                await self._stop_clusters()
+                nursery.cancel_scope.cancel()
+        finally:
+            prepared.close()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -113,32 +167,122 @@ class Service:
                 elif signum == signal.SIGUSR1 and self.options.reopen_log is not None:
                     self.options.reopen_log()
 
-    async def _start_cluster(self, config: ClusterConfig) -> Cluster:
+    async def _start_clusters(self, configs: Sequence[ClusterConfig], prepared: _Prepared) -> None:
+        """Start new clusters on their bound sockets: all of them, or none (ControlError)."""
+        started: list[Cluster] = []
+        for config in configs:
+            try:
+                started.append(await self._start_cluster(config, prepared.take(config.name)))
+            except Exception as exc:
+                for cluster in reversed(started):
+                    await self._stop_now(cluster)
+                raise ControlError(f"{config.name}: {describe_failure(exc)}") from None
+
+    async def _start_cluster(self, config: ClusterConfig, bound: list[BoundSockets]) -> Cluster:
         assert self._nursery is not None
         cluster = Cluster(self._next_index, config)
         self._next_index += 1
         self.running[config.name] = cluster
+        self._ended[cluster] = trio.Event()
         try:
-            await self._nursery.start(self._run_cluster, cluster)
+            await self._nursery.start(self._run_cluster, cluster, bound)
         except BaseException:
             self.running.pop(config.name, None)
+            self._next_index = cluster.index  # a refused change leaves the numbering alone
             raise
         return cluster
 
     async def _run_cluster(
-        self, cluster: Cluster, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        cluster: Cluster,
+        bound: list[BoundSockets],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            await cluster.run(task_status=task_status)
+            await cluster.run(bound, task_status=task_status)
         finally:
+            for sockets in bound:  # any its listeners did not take over
+                sockets.close()
             if self.running.get(cluster.name) is cluster:
                 del self.running[cluster.name]
+            self._ended.pop(cluster).set()
+
+    async def _stop_now(self, cluster: Cluster) -> None:
+        """Stop a cluster just started by a change that is being refused, and wait for it."""
+        ended = self._ended[cluster]
+        self.running.pop(cluster.name, None)
+        self._next_index = min(self._next_index, cluster.index)
+        await cluster.stop(0.0)
+        await ended.wait()
 
     def _cluster(self, name: str) -> Cluster:
         cluster = self.running.get(name)
         if cluster is None:
             raise ControlError(f"{name}: cluster not found")
         return cluster
+
+    # --- checks made before a change --------------------------------------------------------
+
+    async def _prepare(self, new: Config, strict: bool = True) -> _Prepared:
+        """Check ``new`` against what runs; bind the control sockets it adds or reopens.
+
+        ``strict`` (a change at run time): new and changed members must resolve. At start
+        a member that does not resolve yet only starts offline, and says why in the log.
+        Raises ControlError, having closed whatever it bound.
+        """
+        prepared = _Prepared()
+        try:
+            for config in new.clusters:
+                await self._prepare_cluster(config, prepared, strict)
+        except BaseException:
+            prepared.close()
+            raise
+        return prepared
+
+    async def _prepare_cluster(
+        self, config: ClusterConfig, prepared: _Prepared, strict: bool
+    ) -> None:
+        name = config.name
+        running = self.running.get(name)
+        if name in self._leaving:
+            raise ControlError(f"{name}: the cluster is being destroyed; change it once it is gone")
+        serving = {} if running is None else {str(li.endpoint): li for li in running.listeners}
+        for endpoint in config.listen:
+            options = config.listen_options.get(str(endpoint))
+            current = serving.get(str(endpoint))
+            try:
+                if current is None:
+                    self._check_not_served(name, endpoint)
+                    sockets = await bind_endpoint(endpoint, options)
+                elif current.bound.options != options:
+                    # Other <listen> attributes: a successor serves the same sockets.
+                    sockets = reopen_endpoint(current.bound, options)
+                else:
+                    continue  # keeps running as it is
+            except ListenerError as exc:
+                raise ControlError(f"{name}: {exc}") from None
+            prepared.bound.setdefault(name, []).append(sockets)
+        if running is None and config.disconnect_notify is not None:
+            await _check_relay_address(name, config.disconnect_notify)
+        before = {} if running is None else {m.name: m for m in running.config.members}
+        changed = {
+            m.name
+            for m in config.members
+            if m.name not in before
+            or (before[m.name].protocol, before[m.name].address) != (m.protocol, m.address)
+        }
+        await _check_member_addresses(name, config.members, changed if strict else set())
+
+    def _check_not_served(self, name: str, endpoint: Endpoint) -> None:
+        """Refuse a socket that a listener of this service holds (binding it would fail)."""
+        for cluster in self.running.values():
+            for held in cluster.config.listen:
+                if same_socket(held, endpoint):
+                    by = "" if str(held) == str(endpoint) else f"{held} of "
+                    raise ControlError(
+                        f"{name}: {endpoint} is in use by {by}cluster {cluster.name!r}"
+                    )
 
     # --- ServiceControl ---------------------------------------------------------------------
 
@@ -156,33 +300,45 @@ class Service:
         return self._cluster(name).info()
 
     async def add_member(self, cluster: str, member: MemberConfig) -> None:
-        await self._cluster(cluster).add_member(member)
+        async with self._changing:
+            target = self._cluster(cluster)
+            if member.name in target.members:
+                raise ControlError(f"{member.name}: RTPproxy already exists")
+            lasting = target.lasting_config().members
+            await _check_member_addresses(target.name, [*lasting, member], {member.name})
+            await target.add_member(member)
         log.info("%s: added member %s", cluster, member.name)
 
     async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
-        self._cluster(cluster).remove_member(member, timeout)
+        async with self._changing:
+            self._cluster(cluster).remove_member(member, timeout)
         log.info("%s: draining member %s", cluster, member)
 
     async def suspend_member(self, cluster: str, member: str) -> None:
-        self._cluster(cluster).set_status(member, MemberStatus.SUSPENDED)
+        async with self._changing:
+            self._cluster(cluster).set_status(member, MemberStatus.SUSPENDED)
 
     async def resume_member(self, cluster: str, member: str) -> None:
-        self._cluster(cluster).set_status(member, MemberStatus.ACTIVE)
+        async with self._changing:
+            self._cluster(cluster).set_status(member, MemberStatus.ACTIVE)
 
     async def create_cluster(self, cluster: ClusterConfig) -> None:
-        if cluster.name in self.running:
-            raise ControlError(f"{cluster.name}: cluster already exists")
-        in_use = {str(ep) for c in self.running.values() for ep in c.config.listen}
-        clash = [str(ep) for ep in cluster.listen if str(ep) in in_use]
-        if clash:
-            raise ControlError(f"{cluster.name}: address {clash[0]} is in use by another cluster")
-        try:
-            await self._start_cluster(cluster)
-        except Exception as exc:
-            raise ControlError(f"{cluster.name}: {exc}") from None
+        async with self._changing:
+            if cluster.name in self.running:
+                raise ControlError(f"{cluster.name}: cluster already exists")
+            prepared = _Prepared()
+            try:
+                await self._prepare_cluster(cluster, prepared, strict=True)
+                await self._start_clusters([cluster], prepared)
+            finally:
+                prepared.close()
         log.info("created cluster %s", cluster.name)
 
     async def destroy_cluster(self, name: str) -> None:
+        async with self._changing:
+            self._destroy(name)
+
+    def _destroy(self, name: str) -> None:
         cluster = self._cluster(name)
         self._leaving.add(name)
         for member in list(cluster.members):
@@ -205,39 +361,54 @@ class Service:
                 c.lasting_config() for c in self.running.values() if c.name not in self._leaving
             ],
             http=self._config.http,
+            session_store=self._config.session_store,
         )
 
     async def reload(self, dry_run: bool = False) -> ReloadPlan:
+        """Apply the config file as a whole, or refuse it and change nothing.
+
+        A dry run makes the same checks, binding each new control socket for a moment.
+        A real one tells systemd RELOADING=1 when it starts and READY=1 when it ends,
+        refused or not: the service runs on either way.
+        """
+        async with self._changing:
+            if dry_run:
+                return await self._reload(dry_run=True)
+            self.options.notifier.reloading()
+            try:
+                return await self._reload(dry_run=False)
+            finally:
+                self.options.notifier.ready(self.status_text())
+
+    async def _reload(self, dry_run: bool) -> ReloadPlan:
+        """:meth:`reload` under the change lock."""
         try:
             new = load_config(self.options.config_path)
         except ConfigError as exc:
             raise ControlError(f"reload failed, nothing changed: {exc}") from None
-        async with self._reload_lock:
-            plan = plan_reload(self.running_config(), new)
-            if not dry_run:
-                self.options.notifier.reloading()
-                try:
-                    await self._apply(new)
-                finally:
-                    self.options.notifier.ready(self.status_text())
+        plan = plan_reload(self.running_config(), new)
+        try:
+            prepared = await self._prepare(new)
+            try:
+                if not dry_run:
+                    await self._apply(new, prepared)
+            finally:
+                prepared.close()
+        except ControlError as exc:
+            raise ControlError(f"reload failed, nothing changed: {exc}") from None
         return plan
 
-    async def _apply(self, new: Config) -> None:
+    async def _apply(self, new: Config, prepared: _Prepared) -> None:
+        """New clusters first (the one step that may still fail), then the rest."""
         wanted = {c.name: c for c in new.clusters}
-        for name in [n for n in self.running if n not in wanted]:
-            await self.destroy_cluster(name)
+        added = [c for c in new.clusters if c.name not in self.running]
+        await self._start_clusters(added, prepared)
         for name, config in wanted.items():
-            cluster = self.running.get(name)
-            if cluster is None:
-                await self.create_cluster(config)
+            if any(config.name == new_one.name for new_one in added):
                 continue
-            if [str(e) for e in cluster.config.listen] != [str(e) for e in config.listen]:
-                # listeners moved: restart the cluster (its calls stay on the members)
-                await cluster.stop(self.options.stop_grace)
-                while self.running.get(name) is cluster:
-                    await trio.sleep(0.01)
-                await self.create_cluster(config)
-                continue
+            cluster = self.running[name]
+            if _listeners_changed(cluster.config, config):
+                await cluster.change_listeners(config, prepared.take(name), self.options.stop_grace)
             cluster.update_settings(config)
             members = {m.name: m for m in config.members}
             for old_name in [n for n in cluster.members if n not in members]:
@@ -248,6 +419,65 @@ class Service:
                     await cluster.add_member(member_config)
                 elif current.config != member_config:
                     await cluster.replace_member(member_config)
+        for name in [n for n in self.running if n not in wanted and n not in self._leaving]:
+            self._destroy(name)
+
+
+async def _check_relay_address(cluster: str, notify: DisconnectNotify) -> None:
+    """Bind the relay's inbound address for a moment: the relay binds it itself later."""
+    endpoint = notify.inbound_address
+    host = None if endpoint.host in ("*", "") else endpoint.host
+    try:
+        listeners = await trio.open_tcp_listeners(endpoint.port, host=host)
+    except OSError as exc:
+        raise ControlError(
+            f"{cluster}: disconnect_notify: cannot listen on {endpoint}: {exc.strerror or exc}"
+        ) from None
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def _check_member_addresses(
+    cluster: str, members: Iterable[MemberConfig], must_resolve: Collection[str]
+) -> None:
+    """Refuse two members on one socket, and a member in ``must_resolve`` that names none.
+
+    The config already refuses two members with the same address as written; resolving
+    finds two spellings of one socket. A member that does not resolve and need not is left
+    out of the comparison.
+    """
+    members = list(members)
+    identities: dict[str, SocketIdentity] = {}
+    failures: dict[str, str] = {}
+
+    async def resolve(member: MemberConfig) -> None:
+        try:
+            identities[member.name] = await socket_identity(member.address)
+        except ResolveError as exc:
+            failures[member.name] = str(exc)
+
+    with trio.move_on_after(RESOLVE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(resolve, member)
+    owners: dict[SocketIdentity, MemberConfig] = {}
+    for member in members:
+        where = f"cluster {cluster!r}: rtpproxy {member.name!r}: <address>"
+        identity = identities.get(member.name)
+        if identity is None:
+            if member.name in must_resolve:
+                late = (
+                    f"cannot resolve {address_text(member)!r}: no answer in {RESOLVE_TIMEOUT:g} s"
+                )
+                raise ControlError(f"{where}: {failures.get(member.name, late)}")
+            continue
+        first = owners.setdefault(identity, member)
+        if first is not member:
+            same = address_text(first) == address_text(member)
+            what = "the address" if same else f"the socket ({address_text(first)})"
+            raise ControlError(
+                f"{where}: {address_text(member)!r} is already {what} of rtpproxy {first.name!r}"
+            )
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -262,9 +492,10 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         if before is None:
             changes.append(f"cluster {name}: add with {len(config.members)} members")
             continue
-        if [str(e) for e in before.listen] != [str(e) for e in config.listen]:
+        if _listeners_changed(before, config):
             changes.append(f"cluster {name}: listen on {', '.join(map(str, config.listen))}")
-        changes += _field_changes(f"cluster {name}", before, config, skip={"members", "listen"})
+        skip = {"members", "listen", "listen_options"}
+        changes += _field_changes(f"cluster {name}", before, config, skip=skip)
         old_members = {m.name: m for m in before.members}
         for member in old_members.keys() - {m.name for m in config.members}:
             changes.append(f"cluster {name}: member {member}: remove (drain)")
@@ -277,6 +508,12 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
                 changes += _field_changes(where, was, member_config)
     members = sum(len(c.members) for c in new.clusters)
     return ReloadPlan(changes=sorted(changes), clusters=len(new.clusters), members=members)
+
+
+def _listeners_changed(old: ClusterConfig, new: ClusterConfig) -> bool:
+    """Whether the sockets must be reopened: other endpoints, or other attributes."""
+    endpoints = [str(e) for e in old.listen] != [str(e) for e in new.listen]
+    return endpoints or old.listen_options != new.listen_options
 
 
 def _field_changes(

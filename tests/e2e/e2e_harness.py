@@ -223,6 +223,7 @@ class Member:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
+    extra: list[str] = field(default_factory=list)  # more RTPproxy options (-n, -T ...)
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / f"{self.name}.log"
@@ -244,6 +245,7 @@ class Member:
             str(self.rtp_max),
             "-d",
             "err",
+            *self.extra,
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -292,7 +294,9 @@ class Member:
 
 
 @contextlib.contextmanager
-def members(workdir: Path, weights: Sequence[int], *, prefix: str = "m") -> Iterator[list[Member]]:
+def members(
+    workdir: Path, weights: Sequence[int], *, prefix: str = "m", extra: Sequence[str] = ()
+) -> Iterator[list[Member]]:
     """Start one RTPproxy per weight, each with its own control port and RTP block."""
     started: list[Member] = []
     base = rtp_base()
@@ -306,6 +310,7 @@ def members(workdir: Path, weights: Sequence[int], *, prefix: str = "m") -> Iter
                 rtp_max=low + RTP_BLOCK - 1,
                 weight=weight,
                 workdir=workdir / f"{prefix}{index + 1}",
+                extra=list(extra),
             )
             started.append(member)
             member.start()
@@ -318,8 +323,17 @@ def members(workdir: Path, weights: Sequence[int], *, prefix: str = "m") -> Iter
 # --------------------------------------------------------------------------- rtpcluster
 
 
-def cluster_config(name: str, udp_port: int, unix_path: Path, nodes: Sequence[Member]) -> str:
-    """Minimal XML config: one cluster listening on udp and unix, one element per member."""
+def cluster_config(
+    name: str,
+    udp_port: int,
+    unix_path: Path,
+    nodes: Sequence[Member],
+    notify: tuple[int, str] | None = None,
+) -> str:
+    """Minimal XML config: one cluster listening on udp and unix, one element per member.
+
+    ``notify``: (relay port, dest_socket_prefix) for a ``<disconnect_notify>``.
+    """
     parts = [
         "<rtp_cluster_config>",
         "  <rtp_cluster>",
@@ -328,6 +342,13 @@ def cluster_config(name: str, udp_port: int, unix_path: Path, nodes: Sequence[Me
         f"    <address>{LOOPBACK}:{udp_port}</address>",
         f"    <listen>unix:{unix_path}</listen>",
     ]
+    if notify is not None:
+        parts += [
+            "    <disconnect_notify>",
+            f"      <inbound_address>{LOOPBACK}:{notify[0]}</inbound_address>",
+            f"      <dest_socket_prefix>{notify[1]}</dest_socket_prefix>",
+            "    </disconnect_notify>",
+        ]
     for node in nodes:
         parts += [
             "    <rtpproxy>",
@@ -354,9 +375,13 @@ class Cluster:
     config_path: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    notify: tuple[int, str] | None = None  # see cluster_config
+    log_level: str = "info"
 
     def start(self, nodes: Sequence[Member]) -> None:
-        self.config_path.write_text(cluster_config(self.name, self.udp_port, self.unix_path, nodes))
+        self.config_path.write_text(
+            cluster_config(self.name, self.udp_port, self.unix_path, nodes, self.notify)
+        )
         cmd = [
             sys.executable,
             "-m",
@@ -367,6 +392,8 @@ class Cluster:
             str(self.config_path),
             "-s",
             str(self.admin_path),
+            "--log-level",
+            self.log_level,
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -829,6 +856,7 @@ class Sipp:
     uas: subprocess.Popen[bytes] | None = None
     _runs: int = 0
     _uacs: list[UacRun] = field(default_factory=list)
+    uas_scenario: str = UAS_SCENARIO
 
     @property
     def uas_log(self) -> Path:
@@ -837,7 +865,7 @@ class Sipp:
     def start_uas(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         scenario = self.workdir / "uas.xml"
-        scenario.write_text(UAS_SCENARIO)
+        scenario.write_text(self.uas_scenario)
         cmd = [
             self.binary,
             "-sf",
@@ -881,6 +909,7 @@ class Sipp:
         limit: int = 200,
         media: bool = True,
         talk_ms: int | None = None,
+        scenario_text: str = UAC_SCENARIO,
     ) -> UacRun:
         """Place ``calls`` calls at ``rate`` per second through Kamailio.
 
@@ -890,7 +919,7 @@ class Sipp:
         self._runs += 1
         tag = f"uac{self._runs}"
         scenario = self.workdir / f"{tag}.xml"
-        text = UAC_SCENARIO.replace("{pcap}", str(self.pcap)).replace(
+        text = scenario_text.replace("{pcap}", str(self.pcap)).replace(
             "{talk_ms}", str(self.talk_ms if talk_ms is None else talk_ms)
         )
         if not media:

@@ -210,7 +210,7 @@ async def test_create_and_destroy_a_cluster(rtpproxy: MemberFactory, tmp_path: P
         assert await admin.ok(f"create c2 address={second},capacity_limit=hard") == []
         assert await admin(f"create c2 address={second}") == ["ERROR: c2: cluster already exists"]
         assert await admin(f"create c3 address={first}") == [
-            f"ERROR: c3: address {first} is in use by another cluster"
+            f"ERROR: c3: {first} is in use by cluster 'c1'"
         ]
         [bad] = await admin("create c4 address=udp:127.0.0.1:0")
         assert bad.startswith("ERROR: cluster 'c4': <address>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def ls(files: Files) -> str:
 
 
 def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path) -> None:
-    member = rtpproxy()
+    member, second = rtpproxy(), rtpproxy()
     address = member.control.removeprefix("udp:")
     port = free_port()
     files.config.write_text(config_xml(port, [("m0", address)]))
@@ -101,7 +102,7 @@ def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path)
     assert f"already running as pid {pid}" in again.stderr
 
     # SIGHUP reloads the edited file
-    files.config.write_text(config_xml(port, [("m0", address), ("m1", address)]))
+    files.config.write_text(config_xml(port, [("m0", address), ("m1", second.address)]))
     os.kill(pid, signal.SIGHUP)
     wait_until(lambda: "active members = 2" in ls(files), "the reload on SIGHUP")
 
@@ -141,3 +142,21 @@ def test_foreground_socket_failure_is_one_line(files: Files) -> None:
     assert started.returncode == 1
     assert started.stderr.splitlines()[-1].endswith("exists and is not a socket")
     assert "Traceback" not in started.stderr
+
+
+@pytest.mark.parametrize("foreground", [True, False])
+def test_a_busy_control_port_fails_the_start_in_one_line(files: Files, foreground: bool) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        files.config.write_text(config_xml(port, []))
+        started = rtpcluster(*files.serve_args(), *(["--foreground"] if foreground else []))
+    assert started.returncode == 1
+    reason = f"c1: cannot listen on udp:127.0.0.1:{port}: Address already in use"
+    assert started.stderr.splitlines()[-1] == f"rtpcluster: {reason}"
+    assert "Traceback" not in started.stderr
+    assert "Exceptions from Trio nursery" not in started.stderr
+    assert not files.socket.exists()  # nothing started: the admin socket comes after
+    if not foreground:
+        wait_until(lambda: not files.pidfile.exists(), "the pidfile to be removed")
+        assert "Exceptions from Trio nursery" not in files.logfile.read_text()

@@ -7,16 +7,19 @@ awaited on the member's event, then the endpoint is asked.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtpcluster.admin.commands import run_command
-from rtpcluster.config import ClusterConfig, Config
+from rtpcluster.cluster.control import ControlError
+from rtpcluster.config import ClusterConfig, Config, save_config
 from rtpcluster.config.models import http_endpoint
 from rtpcluster.service import ServeOptions, Service, run_service
 from tests.conftest import MemberFactory
@@ -50,12 +53,14 @@ class Endpoint:
 
 
 @asynccontextmanager
-async def http_service(proxies: list[RtpProxy]) -> AsyncIterator[Endpoint]:
+async def http_service(
+    proxies: list[RtpProxy], config_path: str = "unused.xml"
+) -> AsyncIterator[Endpoint]:
     control = f"udp:127.0.0.1:{free_port()}"
     config: ClusterConfig = cluster_config(proxies, [control])
     port = free_port(socket.SOCK_STREAM)
     options = ServeOptions(
-        config_path="unused.xml",
+        config_path=config_path,
         admin_socket=None,
         stop_grace=0.2,
         http=http_endpoint(f"127.0.0.1:{port}"),
@@ -151,3 +156,34 @@ async def test_api_serves_the_ls_json_document_of_the_same_service(
         one = await http_get(endpoint.port, "/api/v1/clusters/c1")
         assert json.loads(one.body)["name"] == "c1"
         assert (await http_get(endpoint.port, "/api/v1/clusters/c2")).status == 404
+
+
+async def test_ready_and_api_follow_reloads_refused_or_applied(
+    rtpproxy: MemberFactory, tmp_path: Path
+) -> None:
+    """A reload refused at binding leaves /ready and the API as they were; one that adds a
+    cluster without members makes /ready name it."""
+    proxies = [rtpproxy(), rtpproxy()]
+    config_file = tmp_path / "rtp_cluster.xml"
+    async with http_service(proxies, config_path=str(config_file)) as endpoint:
+        c1 = endpoint.service.running["c1"].config
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+            holder.bind(("127.0.0.1", 0))  # another program holds this port
+            busy = f"udp:127.0.0.1:{holder.getsockname()[1]}"
+            save_config(Config(clusters=[c1, cluster_config([], [busy], name="c2")]), config_file)
+            refusal = f"reload failed, nothing changed: c2: cannot listen on {busy}: "
+            with pytest.raises(ControlError, match=re.escape(refusal)):
+                await endpoint.service.reload()
+        ready = await http_get(endpoint.port, "/ready")
+        assert (ready.status, ready.text) == (200, "ready: 1 cluster\n")
+        api = json.loads((await http_get(endpoint.port, "/api/v1/clusters")).body)
+        assert [c["name"] for c in api["clusters"]] == ["c1"]
+        assert [m["online"] for m in api["clusters"][0]["members"]] == [True, True]
+
+        spare = f"udp:127.0.0.1:{free_port()}"
+        save_config(Config(clusters=[c1, cluster_config([], [spare], name="c2")]), config_file)
+        await endpoint.service.reload()
+        ready = await http_get(endpoint.port, "/ready")
+        assert (ready.status, ready.text) == (503, "no member taking new calls in cluster c2\n")
+        api = json.loads((await http_get(endpoint.port, "/api/v1/clusters")).body)
+        assert [c["name"] for c in api["clusters"]] == ["c1", "c2"]

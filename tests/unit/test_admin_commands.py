@@ -351,6 +351,7 @@ async def test_save_writes_a_loadable_config(control: FakeControl, tmp_path: Pat
 
 
 async def test_save_to_an_unwritable_place(control: FakeControl, tmp_path: Path) -> None:
+    control._config_path = str(tmp_path / "default.xml")
     target = tmp_path / "missing-dir" / "x.xml"
     [line] = await run(control, f"save {target}")
     assert line.startswith("ERROR: ")

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from rtpcluster.admin.client import AdminConnectError, send_command
-from rtpcluster.admin.server import AdminSocketError, parse_admin_spec, parse_owner, serve_admin
+from rtpcluster.admin.server import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    AdminSocketError,
+    parse_admin_spec,
+    parse_owner,
+    serve_admin,
+)
 from rtpcluster.transport.endpoint import Kind
 from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import FakeControl
@@ -218,3 +226,26 @@ def test_owner_parsing() -> None:
         parse_owner("root:no-such-group-x")
     with pytest.raises(AdminSocketError, match="expected user:group"):
         parse_owner(":")
+
+
+async def test_silent_connections_cannot_lock_the_operator_out(
+    nursery: trio.Nursery, sock_path: str
+) -> None:
+    await start(nursery, sock_path)
+    silent = [await trio.open_unix_socket(sock_path) for _ in range(MAX_CONNECTIONS + 8)]
+    client = await connect(sock_path)  # the longest idle one makes room
+    assert (await client.command("ls"))[-1] == "OK"
+    assert await silent[0].receive_some(10) == b""
+    for stream in silent:
+        await stream.aclose()
+
+
+async def test_silent_admin_connection_is_closed_after_the_idle_timeout(
+    nursery: trio.Nursery, sock_path: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    await start(nursery, sock_path)
+    client = await connect(sock_path)
+    assert (await client.command("ls empty"))[-1] == "OK"
+    before = trio.current_time()
+    assert await client.line() is None
+    assert IDLE_TIMEOUT <= trio.current_time() - before < IDLE_TIMEOUT + 1

@@ -24,7 +24,7 @@ async def invoke(*args: str) -> Result:
 
 @pytest.fixture
 async def served(nursery: trio.Nursery, tmp_path: Path) -> tuple[FakeControl, str]:
-    control = FakeControl()
+    control = FakeControl(str(tmp_path / "rtp_cluster.xml"))
     path = str(tmp_path / "admin.sock")
     await nursery.start(serve_admin, control, path)
     return control, path

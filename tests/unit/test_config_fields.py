@@ -145,7 +145,8 @@ def test_cluster_from_fields_with_protocol_and_address() -> None:
         (
             "c",
             {"address": "udp:1.2.3.4", "session_idle_timeout": "inf"},
-            "cluster 'c': <session_idle_timeout>: must be a number of seconds > 0, got 'inf'",
+            "cluster 'c': <session_idle_timeout>: must be a number of seconds from 60 to "
+            "86400, got 'inf'",
         ),
         ("", {"address": "udp:1.2.3.4"}, "cluster '': <name>: must not be empty"),
     ],

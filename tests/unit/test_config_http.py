@@ -1,8 +1,12 @@
-"""The top-level ``<http>`` element and ``--http``: HOST:PORT of the HTTP endpoint."""
+"""The top-level ``<http>`` element and ``--http``: HOST:PORT of the HTTP endpoint.
+
+It sits beside ``<session_store>`` (tests/unit/test_store_config.py); both survive ``save``.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 
 from rtpcluster.config import ConfigError, dump_config, parse_config
 from rtpcluster.config.models import http_endpoint
+from rtpcluster.service import ServeOptions, Service
 from rtpcluster.transport.endpoint import Kind
 
 CLUSTER = """<rtp_cluster><name>c1</name><protocol>udp</protocol>
@@ -72,3 +77,19 @@ def test_any_ip_and_port_round_trip(address: object, port: int, bracket: bool) -
     assert ipaddress.ip_address(endpoint.host) == address
     assert endpoint.kind is (Kind.TCP6 if ipv6 else Kind.TCP)
     assert http_endpoint(endpoint.address) == endpoint
+
+
+def test_both_top_level_elements_together_round_trip() -> None:
+    both = "<http>127.0.0.1:9100</http><session_store>redis://127.0.0.1:6379/0</session_store>"
+    parsed = parse_config(config(both))
+    assert parsed.http is not None and parsed.session_store.startswith("redis://")
+    assert parse_config(dump_config(parsed)) == parsed
+
+
+async def test_save_keeps_the_top_level_elements(tmp_path: Path) -> None:
+    """What ``save`` writes (the running config) keeps <http> and <session_store>."""
+    both = "<http>127.0.0.1:9100</http><session_store>redis://127.0.0.1:6379/0</session_store>"
+    parsed = parse_config(config(both))
+    service = Service(parsed, ServeOptions(config_path=str(tmp_path / "rtp_cluster.xml")))
+    running = service.running_config()
+    assert (running.http, running.session_store) == (parsed.http, parsed.session_store)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import pwd
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,14 +16,17 @@ from rtpcluster.config import (
     Config,
     ConfigError,
     DisconnectNotify,
+    ListenOptions,
     MemberConfig,
     MemberProtocol,
     MemberStatus,
+    cluster_from_fields,
     dump_config,
     member_from_fields,
     parse_config,
     values,
 )
+from rtpcluster.config.models import DRAIN_TIMEOUT_BOUNDS, TIMER_BOUNDS, drain_timeout
 from rtpcluster.transport.endpoint import Endpoint, Kind
 
 NAMES = st.text(alphabet=st.sampled_from("abcXYZ019_-.:<>&'\"éü"), min_size=1, max_size=12)
@@ -29,7 +35,23 @@ IPV4 = st.ip_addresses(v=4).map(str)
 IPV6 = st.ip_addresses(v=6).map(str)
 HOSTNAMES = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z][a-z0-9]{0,5}){0,2}", fullmatch=True)
 PATHS = st.from_regex(r"/[A-Za-z0-9_.-]{1,10}(/[A-Za-z0-9_.-]{1,10}){0,2}", fullmatch=True)
-SECONDS = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+def seconds_of(timer: str) -> st.SearchStrategy[float]:
+    """Any value the timer accepts (its bounds included)."""
+    low, high = TIMER_BOUNDS[timer]
+    return st.floats(min_value=low, max_value=high)
+
+
+def seconds_outside(low: float, high: float) -> st.SearchStrategy[float]:
+    """Values below ``low``, above ``high``, and the non-finite ones."""
+    return st.one_of(
+        st.floats(max_value=low, exclude_max=True),
+        st.floats(min_value=high, exclude_min=True),
+        st.sampled_from([0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e-9]).filter(
+            lambda value: not low <= value <= high
+        ),
+    )
 
 
 def endpoints(kind: Kind) -> st.SearchStrategy[Endpoint]:
@@ -66,6 +88,23 @@ def members(draw: st.DrawFn, name: str) -> MemberConfig:
     )
 
 
+OWNERS = st.sampled_from([f"{os.getuid()}:{os.getgid()}", pwd.getpwuid(os.getuid()).pw_name])
+
+
+@st.composite
+def listen_options(draw: st.DrawFn, endpoint: Endpoint) -> ListenOptions | None:
+    """Attributes a ``<listen>`` of this kind may carry (or none)."""
+    if endpoint.kind.is_datagram or draw(st.booleans()):
+        return None
+    path = endpoint.kind.is_path
+    return ListenOptions(
+        mode=draw(st.none() | st.integers(0, 0o777)) if path else None,
+        owner=draw(st.none() | OWNERS) if path else None,
+        max_connections=draw(st.none() | st.integers(1, 65536)),
+        idle_timeout=draw(st.none() | st.floats(1, 86400)),
+    )
+
+
 @st.composite
 def clusters(draw: st.DrawFn, name: str, listen: list[Endpoint]) -> ClusterConfig:
     member_names = draw(st.lists(NAMES, unique=True, max_size=3))
@@ -77,17 +116,34 @@ def clusters(draw: st.DrawFn, name: str, listen: list[Endpoint]) -> ClusterConfi
             dest_socket_prefix=PATHS,
         )
     )
+    options = {str(endpoint): draw(listen_options(endpoint)) for endpoint in listen}
     return ClusterConfig(
         name=name,
         listen=listen,
+        listen_options={spec: given for spec, given in options.items() if given is not None},
         capacity_limit=draw(st.sampled_from(list(CapacityLimit))),
         disconnect_notify=notify,
-        members=[draw(members(member)) for member in member_names],
-        heartbeat_interval=draw(SECONDS),
-        offline_probe_interval=draw(st.sampled_from([2.0]) | SECONDS),
-        member_timeout=draw(SECONDS),
-        session_idle_timeout=draw(st.sampled_from([3600.0]) | SECONDS),
+        members=_one_per_address([draw(members(member)) for member in member_names]),
+        heartbeat_interval=draw(seconds_of("heartbeat_interval")),
+        offline_probe_interval=draw(st.sampled_from([2.0]) | seconds_of("offline_probe_interval")),
+        member_timeout=draw(seconds_of("member_timeout")),
+        session_idle_timeout=draw(st.sampled_from([3600.0]) | seconds_of("session_idle_timeout")),
     )
+
+
+def _one_per_address(drawn: list[MemberConfig]) -> list[MemberConfig]:
+    """The members, leaving out any whose address an earlier one has (the config refuses it)."""
+    seen: set[tuple[object, ...]] = set()
+    kept = []
+    for member in drawn:
+        address = member.address
+        key: tuple[object, ...] = (address.kind, address.host.lower(), address.port)
+        if address.kind.is_path:  # unix: and cunix: on one path are one socket
+            key = ("path", os.path.normpath(address.path))
+        if key not in seen:
+            seen.add(key)
+            kept.append(member)
+    return kept
 
 
 def _socket(endpoint: Endpoint) -> tuple[object, ...]:
@@ -148,9 +204,61 @@ def test_integer_accepts_only_ascii_decimal_numbers(text: str) -> None:
         assert number == int(text)
 
 
-@given(SECONDS)
+@given(st.floats(min_value=1e-3, max_value=1e6))
 def test_seconds_read_back_from_repr(number: float) -> None:
-    assert values.seconds(repr(number)) == number
+    assert values.seconds(repr(number), 1e-3, 1e6) == number
+
+
+TIMERS = st.sampled_from(sorted(TIMER_BOUNDS))
+
+
+def cluster_xml(timer: str, text: str) -> str:
+    return (
+        "<rtp_cluster_config><rtp_cluster><name>c</name>"
+        "<address>udp:127.0.0.1:22222</address>"
+        f"<{timer}>{text}</{timer}></rtp_cluster></rtp_cluster_config>"
+    )
+
+
+@given(TIMERS.flatmap(lambda timer: st.tuples(st.just(timer), seconds_of(timer))))
+def test_a_timer_within_its_bounds_is_taken_from_file_and_admin(case: tuple[str, float]) -> None:
+    timer, number = case
+    [from_file] = parse_config(cluster_xml(timer, repr(number))).clusters
+    from_admin = cluster_from_fields("c", {"address": "udp:127.0.0.1:22222", timer: repr(number)})
+    assert getattr(from_file, timer) == getattr(from_admin, timer) == number
+
+
+@given(
+    TIMERS.flatmap(lambda timer: st.tuples(st.just(timer), seconds_outside(*TIMER_BOUNDS[timer])))
+)
+def test_a_timer_outside_its_bounds_is_refused_in_one_line(case: tuple[str, float]) -> None:
+    timer, number = case
+    low, high = TIMER_BOUNDS[timer]
+    text = repr(number)
+    expected = (
+        f"cluster 'c': <{timer}>: must be a number of seconds from {low:g} to {high:g}, "
+        f"got {text!r}"
+    )
+    with pytest.raises(ConfigError) as from_file:
+        parse_config(cluster_xml(timer, text))
+    with pytest.raises(ConfigError) as from_admin:
+        cluster_from_fields("c", {"address": "udp:127.0.0.1:22222", timer: text})
+    assert str(from_file.value) == str(from_admin.value) == expected
+
+
+@given(seconds_outside(*DRAIN_TIMEOUT_BOUNDS))
+def test_a_drain_timeout_outside_its_bounds_is_refused_in_one_line(number: float) -> None:
+    low, high = DRAIN_TIMEOUT_BOUNDS
+    with pytest.raises(ValueError) as caught:
+        drain_timeout(repr(number))
+    assert str(caught.value) == (
+        f"must be a number of seconds from {low:g} to {high:g}, got {repr(number)!r}"
+    )
+
+
+@given(st.floats(*DRAIN_TIMEOUT_BOUNDS))
+def test_a_drain_timeout_within_its_bounds_is_taken(number: float) -> None:
+    assert drain_timeout(repr(number)) == number
 
 
 @given(st.one_of(IPV4, IPV6), st.none() | PORTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rtpcluster.config import (
     Config,
     ConfigError,
     DisconnectNotify,
+    ListenOptions,
     MemberConfig,
     MemberProtocol,
     MemberStatus,
@@ -294,13 +296,38 @@ R3 = "cluster 'basic_network', rtpproxy 'RTPPROXY3'"
             _original_with(
                 "</rtp_cluster>", "<heartbeat_interval>0</heartbeat_interval></rtp_cluster>"
             ),
-            "cluster 'basic_network': <heartbeat_interval>: must be a number of seconds > 0, "
-            "got '0'",
+            "cluster 'basic_network': <heartbeat_interval>: must be a number of seconds "
+            "from 0.1 to 60, got '0'",
+        ),
+        (
+            _original_with(
+                "</rtp_cluster>",
+                "<rtpproxy><name>again</name><protocol>cunix</protocol>"
+                "<address>/var/run/./rtpp0.sock</address></rtpproxy></rtp_cluster>",
+            ),
+            "cluster 'basic_network': rtpproxy 'again': <address>: '/var/run/./rtpp0.sock' "
+            "is already the address of rtpproxy 'RTPPROXY0'",
+        ),
+        (
+            _original_with(
+                "</rtp_cluster>",
+                "<rtpproxy><name>again</name><protocol>udp</protocol>"
+                "<address>127.0.0.1:32323</address></rtpproxy></rtp_cluster>",
+            ),
+            "cluster 'basic_network': rtpproxy 'again': <address>: '127.0.0.1:32323' "
+            "is already the address of rtpproxy 'RTPPROXY1'",
+        ),
+        (
+            _original_with(
+                "</rtp_cluster>", "<heartbeat_interval>1e-9</heartbeat_interval></rtp_cluster>"
+            ),
+            "cluster 'basic_network': <heartbeat_interval>: must be a number of seconds "
+            "from 0.1 to 60, got '1e-9'",
         ),
         (
             _original_with("</rtp_cluster>", "<member_timeout>soon</member_timeout></rtp_cluster>"),
-            "cluster 'basic_network': <member_timeout>: must be a number of seconds > 0, "
-            "got 'soon'",
+            "cluster 'basic_network': <member_timeout>: must be a number of seconds "
+            "from 0.05 to 10, got 'soon'",
         ),
         (
             _original_with(
@@ -480,3 +507,82 @@ def test_summary_lists_clusters_listeners_and_members() -> None:
     assert "  rtpproxy rtpp2: udp 127.0.0.1:22302 weight=200 capacity=8000 status=ACTIVE" in text
     assert "  rtpproxy inproc1: embedded udp:127.0.0.1:22311 " in text
     assert "  capacity_limit: hard" in text
+
+
+def _listen(attributes: str, endpoint: str = "unix:/run/c.sock") -> str:
+    return (
+        f"<rtp_cluster_config><rtp_cluster><name>a</name>"
+        f"<listen {attributes}>{endpoint}</listen></rtp_cluster></rtp_cluster_config>"
+    )
+
+
+def test_listen_attributes_are_read_and_written_back() -> None:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    text = (
+        "<rtp_cluster_config><rtp_cluster><name>a</name>"
+        "<protocol>udp</protocol><address>127.0.0.1:22222</address>"
+        f'<listen mode="660" owner="{user}" max_connections="16">unix:/run/c.sock</listen>'
+        '<listen idle_timeout="90">tcp:127.0.0.1:22223</listen>'
+        "</rtp_cluster></rtp_cluster_config>"
+    )
+    cluster = parse_config(text).clusters[0]
+    assert cluster.listen_options == {
+        "unix:/run/c.sock": ListenOptions(mode=0o660, owner=user, max_connections=16),
+        "tcp:127.0.0.1:22223": ListenOptions(idle_timeout=90.0),
+    }
+    dumped = dump_config(Config(clusters=[cluster]))
+    assert f'<listen mode="0660" owner="{user}" max_connections="16">unix:/run/c.sock' in dumped
+    assert '<listen idle_timeout="90.0">tcp:127.0.0.1:22223</listen>' in dumped
+    assert "<protocol>udp</protocol>" in dumped  # the first listener has no attributes
+    assert parse_config(dumped) == Config(clusters=[cluster])
+    assert "unix:/run/c.sock (mode 0660, owner " in summary(Config(clusters=[cluster]))
+
+
+def test_a_first_listener_with_attributes_is_written_as_listen() -> None:
+    cluster = parse_config(_listen('mode="0600"')).clusters[0]
+    dumped = dump_config(Config(clusters=[cluster]))
+    assert "<protocol>" not in dumped and "<address>" not in dumped
+    assert '<listen mode="0600">unix:/run/c.sock</listen>' in dumped
+    assert parse_config(dumped).clusters[0] == cluster
+
+
+def test_listen_options_are_keyed_by_the_endpoint_and_empty_ones_dropped() -> None:
+    cluster = ClusterConfig(
+        name="a",
+        listen=[Endpoint(Kind.UNIX, path="/x"), Endpoint(Kind.CUNIX, path="/y")],
+        listen_options={" unix:/x ": {"mode": "0600"}, "cunix:/y": {}},
+    )
+    assert cluster.listen_options == {"unix:/x": ListenOptions(mode=0o600)}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_listen('mode="999"'), "<listen mode>: must be octal permission bits such as 0660"),
+        (_listen('mode="4755"'), "<listen mode>: must be octal permission bits such as 0660"),
+        (_listen('owner="no-such-user-x"'), "<listen owner>: no such user: no-such-user-x"),
+        (_listen('owner="root:no-such-group-x"'), "<listen owner>: no such group: no-such-group-x"),
+        (_listen('max_connections="0"'), "<listen max_connections>: must be > 0, got '0'"),
+        (
+            _listen('max_connections="100000"'),
+            "<listen max_connections>: must be between 1 and 65536, got '100000'",
+        ),
+        (
+            _listen('idle_timeout="0.5"'),
+            "<listen idle_timeout>: must be a number of seconds from 1 to 86400, got '0.5'",
+        ),
+        (_listen('colour="red"'), "<listen>: unknown attribute 'colour' (known: mode, owner,"),
+        (
+            _listen('max_connections="5"', "udp:127.0.0.1:5000"),
+            "<listen> udp:127.0.0.1:5000: attributes are only for stream sockets",
+        ),
+        (
+            _listen('mode="0600"', "tcp:127.0.0.1:5000"),
+            "<listen> tcp:127.0.0.1:5000: mode and owner are only for unix: and cunix:",
+        ),
+    ],
+)
+def test_bad_listen_attributes_name_the_attribute(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    assert str(caught.value).startswith(f"cluster 'a': {message}")

@@ -6,6 +6,7 @@ against real members is in tests/integration/test_http_live.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,7 @@ MEMBER_METRICS = (
     "rtpcluster_member_state_changes_total",
     "rtpcluster_member_last_change_seconds",
     "rtpcluster_member_deferred_deletes",
+    "rtpcluster_member_deferred_deletes_dropped_total",
     "rtpcluster_member_commands_total",
 )
 CLUSTER_METRICS = (
@@ -74,9 +76,8 @@ class FakeSource:
             counters = self.cluster_counters.setdefault(info.name, ClusterCounters())
             members = [
                 MemberReading(
-                    info=m,
+                    info=dataclasses.replace(m, deferred_deletes=3, deferred_dropped=2),
                     counters=self.member_counters.setdefault((info.name, m.name), MemberCounters()),
-                    deferred_deletes=3,
                 )
                 for m in info.members
             ]
@@ -306,6 +307,8 @@ def test_member_gauges_follow_the_reported_state(app: StatusApp) -> None:
     # RTPPROXY2 has no RTT yet: no sample rather than a made-up value
     assert ("rtpcluster_member_rtt_seconds", labels(cluster=c, member="RTPPROXY2")) not in got
     assert got[("rtpcluster_member_deferred_deletes", labels(cluster=c, member="RTPPROXY1"))] == 3
+    dropped = "rtpcluster_member_deferred_deletes_dropped_total"
+    assert got[(dropped, labels(cluster=c, member="RTPPROXY1"))] == 2
     assert got[("rtpcluster_reply_cache_entries", labels(cluster=c))] == 5
     assert got[("rtpcluster_calls_tracked", labels(cluster=c))] == 9
 

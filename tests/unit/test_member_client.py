@@ -12,9 +12,11 @@ import pytest
 import trio
 import trio.testing
 
+from rtpcluster.protocol import MAX_COMMAND_BYTES, MAX_DATAGRAM_BYTES
 from rtpcluster.transport.endpoint import Endpoint, Kind
 from rtpcluster.transport.member_client import (
     TIMER_TICK,
+    TOO_LONG_REPLY,
     MemberError,
     MemberTimeout,
     MemberUnavailable,
@@ -656,3 +658,38 @@ def test_make_client_picks_the_transport(text: str, cls: type) -> None:
     client = make_client(Endpoint.parse(text))
     assert type(client) is cls
     client.close()
+
+
+# --- commands too long for a member's 8 KiB buffer -----------------------------------------------
+
+
+async def test_udp_command_that_would_not_fit_with_our_cookie_is_e5_and_never_sent() -> None:
+    fake = FakeUdpMember()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        client = UdpMemberClient(fake.endpoint)
+        await nursery.start(client.run)
+        # fits a client's datagram with a one-byte cookie, not ours
+        long = "U " + "x" * (MAX_DATAGRAM_BYTES - 20) + " 127.0.0.1 4000 f"
+        assert await client.request(long, timeout=2.0) == TOO_LONG_REPLY
+        fitting = "U " + "x" * (MAX_DATAGRAM_BYTES - 80) + " 127.0.0.1 4000 f"
+        assert await client.request(fitting, timeout=2.0) == f"re:{fitting}\n"
+        nursery.cancel_scope.cancel()
+    assert [text for _, text in fake.received] == [fitting]
+
+
+@pytest.mark.parametrize("kind", [Kind.CUNIX, Kind.UNIX])
+async def test_stream_command_that_would_not_fit_with_its_newline_is_e5_and_never_sent(
+    tmp_path: Path, kind: Kind
+) -> None:
+    fake = FakeStreamMember(one_shot=kind is Kind.UNIX)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve_unix, tmp_path / "m.sock")
+        endpoint = Endpoint(kind, path=str(tmp_path / "m.sock"))
+        client = make_client(endpoint)
+        await nursery.start(client.run)
+        too_long = "G " + "é" * (MAX_COMMAND_BYTES // 2)  # few characters, too many bytes
+        assert await client.request(too_long, timeout=2.0) == TOO_LONG_REPLY
+        assert await client.request("V", timeout=2.0) == "re:V\n"
+        nursery.cancel_scope.cancel()
+    assert fake.received == ["V"]

@@ -7,6 +7,8 @@ import pytest
 from rtpcluster.protocol import (
     E_SYNTAX,
     MAX_COMMAND_BYTES,
+    MAX_COOKIE_BYTES,
+    MAX_DATAGRAM_BYTES,
     LineFramer,
     ProtocolError,
     ReplyAssembler,
@@ -40,6 +42,21 @@ def test_blank_datagram_has_no_cookie(datagram: bytes) -> None:
     with pytest.raises(ProtocolError) as info:
         split_cookie(datagram)
     assert info.value.code == E_SYNTAX
+
+
+def test_cookie_up_to_the_limit_is_answered_a_longer_one_is_not() -> None:
+    assert MAX_COOKIE_BYTES == 128
+    cookie = b"c" * MAX_COOKIE_BYTES
+    assert split_cookie(cookie + b" V") == (cookie, b"V")
+    assert split_cookie(cookie) == (cookie, b"")  # alone: the E5 it gets carries it
+    for datagram in (cookie + b"c V", cookie + b"c", b"\t" + cookie + b"c\nV", b"x" * 65000):
+        with pytest.raises(ProtocolError) as info:
+            split_cookie(datagram)
+        assert info.value.code == E_SYNTAX
+
+
+def test_datagram_limit_is_the_command_buffer_cookie_included() -> None:
+    assert MAX_DATAGRAM_BYTES == MAX_COMMAND_BYTES == 8191
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from rtpcluster.protocol import (
     MAX_COMMAND_BYTES,
+    MAX_COOKIE_BYTES,
     Command,
     LineFramer,
     ProtocolError,
@@ -115,17 +116,34 @@ def test_parse_command_of_text_raises_only_protocol_error(text: str) -> None:
         assert cmd.with_local_address("10.0.0.1").local_address == "10.0.0.1"
 
 
-@given(st.binary(max_size=200))
+@given(st.binary(max_size=300))
 def test_split_cookie_raises_only_protocol_error(data: bytes) -> None:
     try:
         cookie, rest = split_cookie(data)
     except ProtocolError:
+        first = data.strip(b" \t\r\n").replace(b"\t", b" ").replace(b"\r", b" ")
+        first = first.replace(b"\n", b" ").partition(b" ")[0]
+        assert not first or len(first) > MAX_COOKIE_BYTES  # blank, or the cookie too long
         return
-    assert cookie
+    assert 0 < len(cookie) <= MAX_COOKIE_BYTES
     assert not any(c in cookie for c in b" \t\r\n")
     assert data.strip(b" \t\r\n").startswith(cookie)
     assert rest == rest.lstrip(b" \t\r\n")
     assert rest.rstrip(b" \t\r\n") == data.strip(b" \t\r\n")[len(cookie) :].strip(b" \t\r\n")
+
+
+cookie_bytes = st.integers(0, 255).filter(lambda b: b not in b" \t\r\n")
+
+
+@given(st.integers(1, 400), cookie_bytes, st.sampled_from([b"", b" V", b"\tU c 1 2 f\n"]))
+def test_a_cookie_is_answered_exactly_up_to_its_limit(length: int, byte: int, rest: bytes) -> None:
+    datagram = bytes([byte]) * length + rest
+    try:
+        cookie, _ = split_cookie(datagram)
+    except ProtocolError as exc:
+        assert length > MAX_COOKIE_BYTES and exc.reply == "E5"
+        return
+    assert length <= MAX_COOKIE_BYTES and cookie == bytes([byte]) * length
 
 
 @given(st.lists(st.binary(max_size=3000), max_size=8))

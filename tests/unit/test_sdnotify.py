@@ -167,3 +167,55 @@ async def test_service_notifies_ready_after_binding_then_reload_and_stop(
     assert (await systemd.message())["READY"] == "1"
     service.stop()
     assert await systemd.until("STOPPING") == {"STOPPING": "1", "STATUS": "stopping"}
+
+
+async def test_a_refused_reload_ends_with_ready_and_the_same_status(
+    systemd: Systemd, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """A reload refused at binding (a busy port) or at reading (a broken file) is framed by
+    RELOADING=1 and READY=1 like any other, and the cluster keeps answering; a dry run
+    tells systemd nothing."""
+    from rtpcluster.cluster.control import ControlError
+    from rtpcluster.config import save_config
+
+    port = free_port()
+    cluster = ClusterConfig(name="c1", listen=[Endpoint.parse(f"udp:127.0.0.1:{port}")])
+    config_file = tmp_path / "rtp_cluster.xml"
+    options = ServeOptions(
+        config_path=str(config_file),
+        admin_socket=None,
+        stop_grace=0.1,
+        notifier=Notifier(systemd.address),
+    )
+    service = await nursery.start(run_service, Config(clusters=[cluster]), options)
+    status = "1 cluster, 0 of 0 members online"
+    assert await systemd.message() == {"READY": "1", "STATUS": status}
+
+    with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))  # another program holds this port
+        busy = Endpoint.parse(f"udp:127.0.0.1:{holder.getsockname()[1]}")
+        second = ClusterConfig(name="c2", listen=[busy])
+        save_config(Config(clusters=[cluster, second]), config_file)
+        with pytest.raises(ControlError, match="reload failed, nothing changed"):
+            await service.reload(dry_run=True)
+        with pytest.raises(ControlError, match="reload failed, nothing changed"):
+            await service.reload()
+    reloading = await systemd.message()
+    assert reloading["RELOADING"] == "1" and reloading["STATUS"] == "reloading"
+    assert await systemd.message() == {"READY": "1", "STATUS": status}
+
+    config_file.write_text("<rtp_cluster_config><rtp_cluster>")  # not XML
+    with pytest.raises(ControlError, match="reload failed, nothing changed"):
+        await service.reload()
+    assert "RELOADING" in await systemd.message()
+    assert await systemd.message() == {"READY": "1", "STATUS": status}
+
+    assert list(service.running) == ["c1"]
+    client = trio.socket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    with client:
+        await client.sendto(b"c1 V", ("127.0.0.1", port))
+        with trio.fail_after(10):
+            assert await client.recv(100) == b"c1 20040107\n"
+    service.stop()
+    # nothing came between the last READY=1 and the stop (the dry run sent nothing)
+    assert await systemd.message() == {"STOPPING": "1", "STATUS": "stopping"}

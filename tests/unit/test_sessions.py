@@ -1,9 +1,10 @@
-"""SessionTable: call-id -> member bindings, aged in two generations."""
+"""SessionTable: call-id -> member bindings, aged in two generations, bounded, counted."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,7 +35,7 @@ def test_empty_table() -> None:
     table: SessionTable[Owner] = SessionTable()
     assert len(table) == 0
     assert table.get("x") is None
-    assert table.counts() == Counter()
+    assert table.count(A) == 0
     assert table.rotate() == 0
     table.unbind("x")  # unknown call-id: nothing happens
     assert table.drop_member(A) == 0
@@ -108,7 +109,7 @@ def test_drop_member_forgets_its_calls_in_both_generations() -> None:
     assert table.drop_member(A) == 2
     assert table.get("a1") is None and table.get("a2") is None
     assert table.get("b1") is B and table.get("b2") is B
-    assert table.counts() == Counter({id(B): 2})
+    assert (table.count(A), table.count(B)) == (0, 2)
 
 
 def test_drop_member_is_by_identity() -> None:
@@ -124,30 +125,53 @@ def test_counts_are_per_member_identity() -> None:
         table.bind(f"a{i}", A)
     table.rotate()
     table.bind("b0", B)
-    assert table.counts() == Counter({id(A): 3, id(B): 1})
+    assert (table.count(A), table.count(B), table.count(Owner("a"))) == (3, 1, 0)
 
 
-def test_max_entries_triggers_a_rotation() -> None:
-    table: SessionTable[Owner] = SessionTable(max_entries=3)
+def test_counts_follow_rebinding_promotion_and_ageing() -> None:
+    table: SessionTable[Owner] = SessionTable()
+    table.bind("c1", A)
+    table.bind("c2", A)
+    table.rotate()
+    table.bind("c1", B)  # moved out of the old generation to another member
+    assert (table.count(A), table.count(B)) == (1, 1)
+    table.bind("c1", B)  # the same binding again changes nothing
+    assert table.count(B) == 1
+    assert table.get("c2") is A  # promoted: still counted once
+    assert table.count(A) == 1
+    table.rotate()
+    table.rotate()  # both forgotten with their generation
+    assert (table.count(A), table.count(B)) == (0, 0)
+
+
+def test_max_entries_ages_the_table_before_the_young_half_overflows() -> None:
+    table: SessionTable[Owner] = SessionTable(max_entries=4)
     table.bind("c1", A)
     table.bind("c2", A)
     assert table.rotate() == 0  # c1, c2 old
     table.bind("c3", A)
     table.bind("c4", A)
-    assert len(table) == 4
-    table.bind("c5", A)  # young reaches 3: rotation, c1 and c2 go
-    assert len(table) == 3
+    assert len(table) == 4 and table.early_rotations == 0
+    table.bind("c5", A)  # a third young call would pass half the bound: c1 and c2 go
+    assert table.early_rotations == 1
+    assert len(table) == 3 and table.count(A) == 3
     assert table.get("c1") is None and table.get("c2") is None
     assert all(table.get(c) is A for c in ("c3", "c4", "c5"))
 
 
 def test_max_entries_bounds_the_table_when_calls_are_used() -> None:
-    table: SessionTable[Owner] = SessionTable(max_entries=1)
-    for i in range(5):
+    table: SessionTable[Owner] = SessionTable(max_entries=3)
+    for i in range(8):
         for j in range(i):
             table.get(f"c{j}")  # every call stays in use: promotion must respect the bound
         table.bind(f"c{i}", A)
-        assert len(table) <= 2 * table.max_entries
+        assert len(table) <= table.max_entries
+        assert table.count(A) == len(table)
+
+
+def test_max_entries_below_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        SessionTable(max_entries=1)
 
 
 def test_clear() -> None:
@@ -176,7 +200,7 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.model: dict[str, tuple[Owner, int]] = {}
         self.max_entries = 0
 
-    @initialize(max_entries=st.one_of(st.integers(1, 6), st.just(1_000_000)))
+    @initialize(max_entries=st.one_of(st.integers(2, 7), st.just(1_000_000)))
     def setup(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self.table = SessionTable(idle_timeout=60.0, max_entries=max_entries)
@@ -186,12 +210,21 @@ class SessionTableMachine(RuleBasedStateMachine):
         self.model = {cid: (owner, OLD) for cid, (owner, age) in self.model.items() if age == YOUNG}
         return dropped
 
+    def _model_add_young(self, call_id: str, owner: Owner) -> None:
+        """A call not young yet becomes young; the table ages first if that would fill it."""
+        self.model.pop(call_id, None)
+        young = sum(1 for _, age in self.model.values() if age == YOUNG)
+        if (young + 1) * 2 > self.max_entries:
+            self._model_rotate()
+        self.model[call_id] = (owner, YOUNG)
+
     @rule(call_id=call_ids, owner=owners)
     def bind(self, call_id: str, owner: Owner) -> None:
         self.table.bind(call_id, owner)
-        self.model[call_id] = (owner, YOUNG)
-        if sum(1 for _, age in self.model.values() if age == YOUNG) >= self.max_entries:
-            self._model_rotate()
+        if self.model.get(call_id, (None, OLD))[1] == YOUNG:
+            self.model[call_id] = (owner, YOUNG)
+        else:
+            self._model_add_young(call_id, owner)
 
     @rule(call_id=call_ids)
     def get(self, call_id: str) -> None:
@@ -199,10 +232,8 @@ class SessionTableMachine(RuleBasedStateMachine):
         if call_id in self.model:
             owner, age = self.model[call_id]
             assert found is owner
-            self.model[call_id] = (owner, YOUNG)
-            young = sum(1 for _, a in self.model.values() if a == YOUNG)
-            if age != YOUNG and young >= self.max_entries:
-                self._model_rotate()  # a promotion that fills the young generation ages it
+            if age == OLD:
+                self._model_add_young(call_id, owner)  # promoted
         else:
             assert found is None
 
@@ -223,14 +254,45 @@ class SessionTableMachine(RuleBasedStateMachine):
         for cid in expected:
             del self.model[cid]
 
+    @rule()
+    def compact(self) -> None:
+        self.table.compact()  # gives back room, never calls
+
+    @rule()
+    def clear(self) -> None:
+        self.table.clear()
+        self.model = {}
+
     @invariant()
     def same_size(self) -> None:
         assert len(self.table) == len(self.model)
+        assert len(self.table) <= self.max_entries
 
     @invariant()
-    def same_counts(self) -> None:
-        assert self.table.counts() == Counter(id(o) for o, _ in self.model.values())
+    def counts_equal_a_recount(self) -> None:
+        expected = Counter(o for o, _ in self.model.values())
+        # the table's own entries, counted the slow way (its two generations)
+        recount = Counter(self.table._young.values()) + Counter(self.table._old.values())
+        assert recount == expected
+        for owner in (A, B, C):
+            assert self.table.count(owner) == expected[owner]
 
 
 SessionTableMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
 TestSessionTable = SessionTableMachine.TestCase
+
+
+def test_compact_gives_back_the_room_of_calls_that_ended() -> None:
+    table: SessionTable[Owner] = SessionTable()
+    for i in range(100_000):
+        table.bind(f"call-{i}", A)
+    table.rotate()
+    for i in range(50_000):
+        table.get(f"call-{i}")  # half of them young again
+    assert table.compact() == 0  # both generations are full of calls: nothing to give
+    for i in range(99_000):
+        table.unbind(f"call-{i}")
+    assert table.compact() > 1_000_000
+    assert table.compact() == 0
+    assert len(table) == 1_000 and table.count(A) == 1_000
+    assert table.get("call-99999") is A and table.get("call-0") is None

@@ -1,7 +1,8 @@
 """A small blocking admin client, as ``rtpcluster ctl`` uses it.
 
 It speaks like the original client: send ``<command>\\nquit\\n``, read until the server
-closes, and judge the reply by its last line.
+closes, and judge the reply by its last line. With a token, ``auth <token>`` goes first
+and its one-line reply is taken off before the command's reply is returned.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import socket
 import time
 
 from rtpcluster.admin.server import AdminSocketError, parse_admin_spec
+from rtpcluster.admin.token import AUTH_WORD
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -43,28 +45,45 @@ def _connect(spec: str, timeout: float) -> socket.socket:
         raise AdminConnectError(f"cannot connect to admin socket {spec}: {reason}") from None
 
 
-def send_command(spec: str, line: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[list[str], bool]:
+def send_command(
+    spec: str, line: str, timeout: float = DEFAULT_TIMEOUT, token: str | None = None
+) -> tuple[list[str], bool]:
     """Send one command line; return the reply lines and whether the last one is ``OK``.
 
-    ``timeout`` bounds the whole exchange, not each read.
+    ``timeout`` bounds the whole exchange, not each read. With ``token`` the connection
+    authenticates first, and the command goes only once the server said ``OK`` to that
+    (a refused client is cut off, and over TCP what it sent unread would reset the
+    connection before the refusal could be read); a refusal is returned as the reply.
     """
     deadline = time.monotonic() + timeout
     sock = _connect(spec, timeout)
-    chunks: list[bytes] = []
+    received = bytearray()
+
+    def receive() -> bool:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        data = sock.recv(65536)
+        received.extend(data)
+        return bool(data)
+
     with sock:
         try:
+            if token is not None:
+                sock.sendall(f"{AUTH_WORD} {token}\n".encode())
+                while b"\n" not in received and receive():
+                    pass
+                answer, _, rest = bytes(received).partition(b"\n")
+                if answer.rstrip(b"\r") != b"OK":
+                    text = answer.decode("utf-8", errors="replace").strip()
+                    return [text or "ERROR: the server closed the connection"], False
+                received[:] = rest
             sock.sendall(line.strip().encode() + b"\nquit\n")
-            while True:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
+            while receive():
+                pass
         except TimeoutError:
             raise AdminTimeoutError(
                 f"admin socket {spec}: no complete reply within {timeout:g} s"
             ) from None
         except OSError as err:
             raise AdminConnectError(f"admin socket {spec}: {err.strerror or err}") from None
-    lines = b"".join(chunks).decode("utf-8", errors="replace").splitlines()
+    lines = received.decode("utf-8", errors="replace").splitlines()
     return lines, bool(lines) and lines[-1] == "OK"

@@ -19,8 +19,8 @@ from typing import Annotated
 import pydantic
 import trio
 
+from rtpcluster.admin import saving
 from rtpcluster.admin.registry import (
-    CommandError,
     FieldList,
     Flag,
     Option,
@@ -37,7 +37,8 @@ from rtpcluster.cluster.control import (
     cluster_document,
     clusters_document,
 )
-from rtpcluster.config import ConfigError, cluster_from_fields, member_from_fields, save_config
+from rtpcluster.config import ConfigError, cluster_from_fields, dump_config, member_from_fields
+from rtpcluster.config.models import drain_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class AdminContext:
     """What a top-level command runs against."""
 
     control: ServiceControl
+    save_dirs: tuple[str, ...] = ()  # where ``save PATH`` may write; () the config's dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ class MemberArgs(_Args):
 
 class RemoveArgs(_Args):
     member: str
-    timeout: Annotated[float | None, Option(), pydantic.Field(ge=0)] = None
+    timeout: Annotated[float | None, Option(), pydantic.BeforeValidator(drain_timeout)] = None
 
 
 class FieldsArgs(_Args):
@@ -275,16 +277,18 @@ async def reload(ctx: AdminContext, args: ReloadArgs) -> Reply:
 
 
 @ADMIN.command(
-    "save", args=SaveArgs, help="write the running config (runtime changes included) to a file"
+    "save",
+    args=SaveArgs,
+    help="write the running config (runtime changes included) to the config file, "
+    "or to a file in an allowed directory",
 )
 async def save(ctx: AdminContext, args: SaveArgs) -> Reply:
-    path = args.path or ctx.control.config_path
-    config = ctx.control.running_config()
-    try:
-        await trio.to_thread.run_sync(save_config, config, path)
-    except OSError as err:
-        raise CommandError(f"cannot save to {path}: {err.strerror or err}") from None
-    return Reply([f"Saved to {path}"])
+    config_path = ctx.control.config_path
+    allowed = saving.allowed_directories(config_path, ctx.save_dirs)
+    target = saving.save_target(args.path, config_path, allowed)
+    data = dump_config(ctx.control.running_config()).encode()
+    await trio.to_thread.run_sync(saving.write_file, target, data)
+    return Reply([f"Saved to {target}"])
 
 
 # --- session ----------------------------------------------------------------------
@@ -300,6 +304,6 @@ async def quit_(ctx: AdminContext, args: NoArgs) -> Reply:
     return Reply(close=True)
 
 
-async def run_command(control: ServiceControl, line: str) -> Reply:
+async def run_command(control: ServiceControl, line: str, save_dirs: tuple[str, ...] = ()) -> Reply:
     """Run one admin command line against ``control``."""
-    return await ADMIN.dispatch(AdminContext(control=control), line)
+    return await ADMIN.dispatch(AdminContext(control=control, save_dirs=save_dirs), line)

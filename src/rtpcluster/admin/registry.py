@@ -28,6 +28,8 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 
+from rtpcluster.failures import describe_failure, primary_error
+
 log = logging.getLogger(__name__)
 
 CtxT = TypeVar("CtxT")
@@ -187,7 +189,9 @@ class Command(Generic[CtxT]):
         except pydantic.ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "arguments"
-            raise CommandError(f"{self.name}: bad {where}: {first['msg']}") from None
+            cause = first.get("ctx", {}).get("error")  # our validators' own message
+            message = str(cause) if isinstance(cause, ValueError) else first["msg"]
+            raise CommandError(f"{self.name}: bad {where}: {message}") from None
 
 
 def parse_field_list(text: str) -> list[tuple[str, str]]:
@@ -317,7 +321,8 @@ class Registry(Generic[CtxT]):
             return Reply(error=str(err) or type(err).__name__)
         except Exception as err:
             log.exception("admin command %r failed", " ".join(words))
-            return Reply(error=f"internal error: {type(err).__name__}: {err}")
+            cause = type(primary_error(err)).__name__
+            return Reply(error=f"internal error: {cause}: {describe_failure(err)}")
 
     async def dispatch(self, ctx: CtxT, line: str) -> Reply:
         return await self.dispatch_words(ctx, line.split())

@@ -20,18 +20,22 @@ from rtpcluster.admin.client import (
     AdminTimeoutError,
     send_command,
 )
+from rtpcluster.admin.saving import check_save_dirs
 from rtpcluster.admin.server import (
     DEFAULT_ADMIN_SOCKET,
     AdminSocketError,
+    check_exposure,
     parse_admin_spec,
     parse_owner,
 )
+from rtpcluster.admin.token import TokenFileError, read_token_file
 from rtpcluster.daemon import (
     DEFAULT_LOGFILE,
     DEFAULT_PIDFILE,
     Daemon,
     DaemonError,
     configure_logging,
+    raise_descriptor_limit,
 )
 
 if TYPE_CHECKING:
@@ -124,20 +128,21 @@ def _absolute_admin_spec(spec: str) -> str:
 
 def _startup_failure(error: BaseException) -> str | None:
     """The one-line reason of an expected startup failure, looking into exception groups."""
+    from rtpcluster.cluster.control import ControlError
     from rtpcluster.config import ConfigError
-
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            found = _startup_failure(inner)
-            if found is not None:
-                return found
-        return None
+    from rtpcluster.failures import describe_failure, primary_error
     from rtpcluster.http.server import HttpEndpointError
 
-    if isinstance(error, AdminSocketError | ConfigError | DaemonError | HttpEndpointError):
-        return str(error)
-    if isinstance(error, OSError):
-        return f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"
+    expected = (
+        AdminSocketError,
+        ConfigError,
+        ControlError,
+        DaemonError,
+        HttpEndpointError,
+        OSError,
+    )
+    if isinstance(primary_error(error), expected):
+        return describe_failure(error)
     return None
 
 
@@ -149,6 +154,7 @@ def _run_foreground(
     from rtpcluster.service import run_service
 
     configure_logging(level, log_format)
+    raise_descriptor_limit()
     try:
         trio.run(run_service, config, options)
     except (Exception, BaseExceptionGroup) as err:
@@ -167,6 +173,7 @@ def _run_daemon(
 ) -> None:
     import trio
 
+    from rtpcluster.failures import describe_failure, primary_error
     from rtpcluster.service import run_service
 
     try:
@@ -177,6 +184,7 @@ def _run_daemon(
     configure_logging(level, log_format)
     log = logging.getLogger("rtpcluster")
     options.reopen_log = daemon.reopen_log
+    raise_descriptor_limit()
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
@@ -187,9 +195,10 @@ def _run_daemon(
     try:
         trio.run(serve)
     except BaseException as err:
-        reason = _startup_failure(err) or f"{type(err).__name__}: {err}"
+        expected = _startup_failure(err)
+        reason = expected or f"{type(primary_error(err)).__name__}: {describe_failure(err)}"
         daemon.fail(reason)
-        log.error("rtpcluster stopped: %s", reason, exc_info=_startup_failure(err) is None)
+        log.error("rtpcluster stopped: %s", reason, exc_info=expected is None)
         raise typer.Exit(EXIT_REFUSED) from None
     finally:
         daemon.cleanup()
@@ -231,6 +240,22 @@ def serve(
         str | None,
         typer.Option("--http", help="serve metrics, the JSON API and the status page on HOST:PORT"),
     ] = None,
+    admin_token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token-file",
+            help="file with the token every admin connection must send first "
+            "(required for a TCP admin socket on a non-loopback address)",
+        ),
+    ] = None,
+    save_dirs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--save-dir",
+            help="directory the admin 'save PATH' may write into (repeatable; "
+            "default: the config file's directory)",
+        ),
+    ] = None,
 ) -> None:
     """Run the cluster service (a daemon unless --foreground)."""
     cfg = _load(config)
@@ -243,7 +268,10 @@ def serve(
         spec = _absolute_admin_spec(admin_socket)
         if owner:
             parse_owner(owner)
-    except AdminSocketError as err:
+        token = read_token_file(admin_token_file) if admin_token_file else None
+        check_exposure(parse_admin_spec(spec), token)
+        check_save_dirs(save_dirs or [])
+    except (AdminSocketError, TokenFileError, ValueError) as err:
         _fail(str(err), EXIT_BAD_INPUT)
 
     from rtpcluster.sdnotify import Notifier
@@ -253,6 +281,8 @@ def serve(
         config_path=os.path.abspath(config),
         admin_socket=spec,
         admin_owner=owner or None,
+        admin_token_file=os.path.abspath(admin_token_file) if admin_token_file else None,
+        save_dirs=tuple(os.path.abspath(directory) for directory in save_dirs or []),
         http=_http_endpoint(http) if http else cfg.http,
         notifier=Notifier.from_environment(),
     )
@@ -277,9 +307,10 @@ def _http_endpoint(text: str) -> Endpoint:
 
 
 class _CtlTarget:
-    def __init__(self, sockets: tuple[str, ...], timeout: float) -> None:
+    def __init__(self, sockets: tuple[str, ...], timeout: float, token: str | None) -> None:
         self.sockets = sockets  # tried in order until one accepts the connection
         self.timeout = timeout
+        self.token = token
 
 
 @ctl_app.callback()
@@ -298,8 +329,20 @@ def ctl(
     timeout: Annotated[
         float, typer.Option("--timeout", "-t", help="seconds to wait for the whole reply")
     ] = DEFAULT_TIMEOUT,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--token-file",
+            "--admin-token-file",
+            help="file with the admin token (the service's --admin-token-file)",
+        ),
+    ] = None,
 ) -> None:
-    ctx.obj = _CtlTarget((socket,) if socket else CTL_SOCKETS, timeout)
+    try:
+        token = read_token_file(token_file) if token_file else None
+    except TokenFileError as err:
+        _fail(str(err), EXIT_BAD_INPUT)
+    ctx.obj = _CtlTarget((socket,) if socket else CTL_SOCKETS, timeout, token)
 
 
 def _exchange(target: _CtlTarget, line: str) -> tuple[list[str], bool]:
@@ -307,7 +350,7 @@ def _exchange(target: _CtlTarget, line: str) -> tuple[list[str], bool]:
     errors = []
     for socket in target.sockets:
         try:
-            return send_command(socket, line, target.timeout)
+            return send_command(socket, line, target.timeout, target.token)
         except AdminConnectError as err:
             errors.append(str(err))
         except AdminTimeoutError as err:  # it may have acted: never retry elsewhere
@@ -385,7 +428,10 @@ def ctl_reload(
 @ctl_app.command("save")
 def ctl_save(
     ctx: typer.Context,
-    path: Annotated[str | None, typer.Argument(help="file (default: the config file)")] = None,
+    path: Annotated[
+        str | None,
+        typer.Argument(help="file in an allowed directory (default: the config file)"),
+    ] = None,
 ) -> None:
     """Write the running configuration to a file."""
     _send(ctx, "save", path or "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -21,12 +22,13 @@ from rtpcluster.cluster import health
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
 from rtpcluster.cluster.member import Member
 from rtpcluster.cluster.notify import NotifyRelay
-from rtpcluster.cluster.reply_cache import ReplyCache
+from rtpcluster.cluster.reply_cache import MAX_BYTES, MAX_ENTRIES, ReplyCache
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
-from rtpcluster.protocol import ProtocolError, join_cookie, split_cookie
-from rtpcluster.transport.listeners import Listener, SendDatagram
+from rtpcluster.failures import describe_failure
+from rtpcluster.protocol import MAX_DATAGRAM_BYTES, ProtocolError, join_cookie, split_cookie
+from rtpcluster.transport.listeners import BoundSockets, Listener, SendDatagram
 from rtpcluster.transport.member_client import UdpMemberClient, make_client
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,18 @@ log = logging.getLogger(__name__)
 UPKEEP_INTERVAL = 1.0
 SPIN = 0.00005  # seconds of polling for a member's reply before sleeping in epoll
 REPLY_CACHE_LIFETIME = 30.0
+REPLY_CACHE_ENTRIES = MAX_ENTRIES
+REPLY_CACHE_BYTES = MAX_BYTES
+# At most one warning a minute that the session table ages early (see upkeep).
+TABLE_FULL_WARNING_INTERVAL = 60.0
+# UDP commands in flight at once, all clients together: what they hold (closures, parsed
+# command, the member client's pending entry) is bounded by these. A member that hangs
+# keeps its commands for member_timeout (0.5 s) before it is taken offline: at 10,000
+# commands/s over two members that is 2,500 in flight, which 4,096 covers. 8 MiB of
+# datagrams: 1,000 commands at the 8 KiB limit, or all 4,096 at 2 KiB, ten times a long
+# real command.
+MAX_DATAGRAMS_IN_FLIGHT = 4096
+MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 STOP_GRACE = 2.0
 
 
@@ -53,9 +67,15 @@ class Cluster:
         self.members: dict[str, Member] = {}
         self._tasks: dict[str, _MemberTasks] = {}
         self.sessions: SessionTable[Member] = SessionTable(config.session_idle_timeout)
-        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME)
+        # Datagrams answered by no command: without a cookie to answer to (blank, or one
+        # over MAX_COOKIE_BYTES), or refused because MAX_DATAGRAMS_IN_FLIGHT were in flight.
+        self.datagrams_ignored = 0
+        self.datagrams_refused = 0
+        self._inflight_bytes = 0  # command bytes of the datagrams in flight
+        self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME, REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)
         self.router = Router(config, self.member_list, self.sessions)
         self.listeners: list[Listener] = []
+        self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._stopping = False
@@ -72,26 +92,62 @@ class Cluster:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        bound: Sequence[BoundSockets],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the control sockets ``bound`` beforehand (the caller closes any left over)."""
         with self._scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.router.nursery = nursery
                 for member_config in self.config.members:
                     await self._start_member(member_config)
-                await self._start_listeners(nursery)
+                await self._start_listeners(nursery, bound)
                 nursery.start_soon(self._balancer_upkeep)
                 if self.config.disconnect_notify is not None:
-                    relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
-                    await nursery.start(relay.run)
+                    self.notify_relay = NotifyRelay(self.config.disconnect_notify, self.member_list)
+                    await nursery.start(self.notify_relay.run)
                 task_status.started()
 
-    async def _start_listeners(self, nursery: trio.Nursery) -> None:
-        for endpoint in self.config.listen:
-            listener = Listener(endpoint, self.on_datagram, self.on_command)
+    async def _start_listeners(self, nursery: trio.Nursery, bound: Sequence[BoundSockets]) -> None:
+        for sockets in bound:
+            listener = Listener(sockets, self.on_datagram, self.on_command)
             listener.after_batch = self._after_commands
             self.listeners.append(listener)
             await nursery.start(listener.run)
+
+    async def change_listeners(
+        self, config: ClusterConfig, bound: Sequence[BoundSockets], grace: float
+    ) -> None:
+        """Serve ``bound`` too; stop the listeners it replaces and those ``config`` drops.
+
+        ``bound`` holds the sockets of the new endpoints and, for an endpoint kept with
+        other ``<listen>`` attributes, the running listener's own sockets (see
+        :func:`~rtpcluster.transport.listeners.reopen_endpoint`): its successor serves
+        them with the new limits, and the old one stops. Everything that can fail was
+        done beforehand, so this cannot fail half way. A listener that goes takes no new
+        commands at once and is closed ``grace`` seconds later.
+        """
+        if self._nursery is None:
+            raise ControlError(f"{self.name}: cluster is not running")
+        before = list(self.listeners)
+        await self._start_listeners(self._nursery, bound)
+        wanted = {str(endpoint) for endpoint in config.listen}
+        reopened = {str(sockets.endpoint) for sockets in bound}
+        for listener in before:
+            spec = str(listener.endpoint)
+            if spec in wanted and spec not in reopened:
+                continue  # kept as it is
+            self.listeners.remove(listener)
+            listener.stop_accepting()
+            self._nursery.start_soon(_close_after, listener, grace)
+        self.config = self.config.model_copy(
+            update={"listen": list(config.listen), "listen_options": dict(config.listen_options)}
+        )
+        self.router.config = self.config
 
     def _drain_members(self, spin: float = 0.0) -> None:
         """Take the members' replies that are already in.
@@ -133,11 +189,21 @@ class Cluster:
         self._scope.cancel()
 
     def on_datagram(self, data: bytes, addr: Any, send: SendDatagram) -> None:
-        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send."""
+        """A UDP command: cookie, retransmit cache, then the Router; the reply goes to send.
+
+        What a datagram may hold is bounded (protocol.cookie: the cookie, the datagram)
+        and so is the work in flight for them all (MAX_DATAGRAMS_IN_FLIGHT commands,
+        MAX_BYTES_IN_FLIGHT bytes): past that a datagram is dropped unanswered, as by a
+        full socket buffer, and the client's retransmit comes back later.
+        """
         try:
             cookie, body = split_cookie(data)
         except ProtocolError:
-            return  # no cookie to answer with
+            self.datagrams_ignored += 1  # no cookie to answer with
+            return
+        if len(data) > MAX_DATAGRAM_BYTES:
+            send(join_cookie(cookie, "E5"), addr)  # cut by the listener: never run a part
+            return
         key = (cookie, addr)
         cache = self.reply_cache
         known = cache.begin(key)
@@ -145,16 +211,27 @@ class Cluster:
             if known:
                 send(known, addr)
             return  # else the first copy is still being worked on: its reply answers both
+        size = len(data)
+        if (
+            self.inflight >= MAX_DATAGRAMS_IN_FLIGHT
+            or self._inflight_bytes + size > MAX_BYTES_IN_FLIGHT
+        ):
+            cache.abandon(key)
+            self.datagrams_refused += 1
+            return
         self.inflight += 1
+        self._inflight_bytes += size
 
         def respond(reply: str) -> None:
             out = join_cookie(cookie, reply)
             cache.finish(key, out)
+            self._inflight_bytes -= size
             self._done_one()
             send(out, addr)
 
         def abandon() -> None:
             cache.abandon(key)  # a retransmit after a restart is worked on afresh
+            self._inflight_bytes -= size
             self._done_one()
 
         self.router.dispatch(body, respond, abandon)
@@ -180,6 +257,8 @@ class Cluster:
         """
         next_cache_rotation = trio.current_time() + REPLY_CACHE_LIFETIME
         next_session_rotation = trio.current_time() + self.config.session_idle_timeout / 2
+        early_rotations = 0
+        next_full_warning = trio.current_time()
         while True:
             await trio.sleep(UPKEEP_INTERVAL)
             now = trio.current_time()
@@ -191,6 +270,17 @@ class Cluster:
                 if forgotten:
                     log.info("%s: forgot %d idle calls", self.name, forgotten)
                 next_session_rotation = now + self.config.session_idle_timeout / 2
+            self.sessions.compact()
+            if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
+                log.warning(
+                    "%s: session table full (%d calls): aged early %d times, the calls"
+                    " idle longest were forgotten",
+                    self.name,
+                    self.sessions.max_entries,
+                    self.sessions.early_rotations - early_rotations,
+                )
+                early_rotations = self.sessions.early_rotations
+                next_full_warning = now + TABLE_FULL_WARNING_INTERVAL
             for member in list(self._member_list):
                 if member.status is MemberStatus.DRAINING and self._drained(member, now):
                     log.info("%s: member %s drained, removing it", self.name, member.name)
@@ -226,6 +316,7 @@ class Cluster:
         member = tasks.member
         client = member.client
         started = False
+        reported: str | None = None  # the failure last logged: each one once, not per retry
         with tasks.scope:
             try:
                 while True:
@@ -234,6 +325,7 @@ class Cluster:
                             tasks.embedded = await _start_embedded(member.config)
                         async with trio.open_nursery() as nursery:
                             await nursery.start(client.run)
+                            reported = None
                             if not started:
                                 started = True
                                 task_status.started()
@@ -244,7 +336,16 @@ class Cluster:
                                 self.config.member_timeout,
                             )
                     except Exception as exc:
-                        log.warning("%s: member %s failed: %s", self.name, member.name, exc)
+                        failure = describe_failure(exc)
+                        if failure != reported:
+                            reported = failure
+                            log.warning(
+                                "%s: member %s (%s) failed: %s",
+                                self.name,
+                                member.name,
+                                member.config.address,
+                                failure,
+                            )
                         member.set_online(False)
                         client.close()
                         client = member.client = make_client(
@@ -346,7 +447,14 @@ class Cluster:
 
     def update_settings(self, config: ClusterConfig) -> None:
         """Apply cluster-level settings that need no restart (timers, capacity limit)."""
-        keep = {"members": self.config.members, "listen": self.config.listen}
+        keep = {
+            "members": self.config.members,
+            "listen": self.config.listen,
+            "listen_options": self.config.listen_options,  # see change_listeners
+            # the running relay verifies tags with its own prefix and key: the router
+            # must go on issuing them alike until the cluster is restarted
+            "disconnect_notify": self.config.disconnect_notify,
+        }
         self.config = config.model_copy(update=keep)
         self.router.config = self.config
         self.sessions.idle_timeout = self.config.session_idle_timeout
@@ -359,7 +467,8 @@ class Cluster:
     # --- reporting -------------------------------------------------------------------------
 
     def info(self) -> ClusterInfo:
-        counts = self.sessions.counts()
+        """What ``ls`` shows; O(members), never a scan of the session table."""
+        sessions = self.sessions
         now = trio.current_time()
         members = []
         for member in self._member_list:
@@ -377,11 +486,13 @@ class Cluster:
                     active_sessions=member.load,
                     utilisation=member.utilisation,
                     rtt=member.client.rtt,
-                    tracked_calls=counts.get(id(member), 0),
+                    tracked_calls=sessions.count(member),
                     wan_address=cfg.wan_address,
                     lan_address=cfg.lan_address,
                     cmd_out_address=cfg.cmd_out_address,
                     drain_deadline=left,
+                    deferred_deletes=len(member.deferred),
+                    deferred_dropped=member.deferred.dropped,
                 )
             )
         return ClusterInfo(
@@ -391,6 +502,11 @@ class Cluster:
             capacity_limit=str(self.config.capacity_limit),
             members=members,
         )
+
+
+async def _close_after(listener: Listener, grace: float) -> None:
+    await trio.sleep(grace)
+    listener.close()
 
 
 async def _start_embedded(config: MemberConfig) -> Any:

@@ -35,6 +35,8 @@ class MemberInfo:
     lan_address: str | None = None
     cmd_out_address: str | None = None
     drain_deadline: float | None = None  # seconds left until a forced removal
+    deferred_deletes: int = 0  # deletes kept for delivery when it answers again
+    deferred_dropped: int = 0  # deletes not kept because its queue was full
     # From the member's counters; None until the executors count (issue 10).
     state: str | None = None  # probing, online, offline, draining, removed
     commands: dict[str, int] | None = None  # commands forwarded, by result: ok/error/timeout

@@ -27,24 +27,22 @@ HEARTBEAT = parse_command("Ib")
 RETRY_AFTER_FAILED_HEARTBEAT = 0.1
 
 
-async def probe(member: Member, timeout: float) -> bool:
-    """Ask ``V`` and the required capability; True when the member is fit to serve."""
+async def probe(member: Member, timeout: float) -> str | None:
+    """Ask ``V`` and the required capability; None when the member is fit, else why not."""
     try:
         version = await member.client.request("V", timeout)
         if version.strip() != PROTOCOL_VERSION:
-            log.warning("%s answers V with %r, not %s", member.name, version, PROTOCOL_VERSION)
-            return False
+            return f"answers V with {version.strip()!r}, not {PROTOCOL_VERSION}"
         required = await member.client.request(f"VF {REQUIRED_CAPABILITY}", timeout)
         if required.strip() != "1":
-            log.warning("%s lacks capability %s", member.name, REQUIRED_CAPABILITY)
-            return False
+            return f"lacks capability {REQUIRED_CAPABILITY}"
         for date in KNOWN_CAPABILITIES:
             reply = await member.client.request(f"VF {date}", timeout)
             member.capabilities[date] = reply.strip() == "1"
         member.capabilities[REQUIRED_CAPABILITY] = True
-    except MemberError:
-        return False
-    return True
+    except MemberError as exc:
+        return str(exc)
+    return None
 
 
 async def heartbeat(member: Member, timeout: float) -> bool:
@@ -81,13 +79,19 @@ async def watch(
     timeout: float,
 ) -> None:
     """The member's health task: runs until the member's nursery is cancelled."""
+    reported: str | None = None  # why the last probe failed: logged once, not per probe
     while True:
         if not member.online:
-            if await probe(member, timeout):
+            unfit = await probe(member, timeout)
+            if unfit is None:
+                reported = None
                 log.info("member %s is online", member.name)
                 member.set_online(True)
                 await heartbeat(member, timeout)
             else:
+                if unfit != reported:
+                    reported = unfit
+                    log.warning("member %s cannot serve: %s", member.name, unfit)
                 await trio.sleep(probe_interval)
                 continue
         if member.deferred:

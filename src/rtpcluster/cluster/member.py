@@ -19,9 +19,58 @@ from rtpcluster.transport.member_client import (
 
 # Consecutive failed commands or heartbeats after which a member is taken offline.
 OFFLINE_AFTER_FAILURES = 2
-# Deletes kept for a member that does not answer: how many, and for how long.
+# Deletes kept for a member that does not answer: how many, and for how long. 100,000 is
+# 25 times a member's default capacity (4,000 sessions): every call on it can end while
+# it is away, several times over. About 240 bytes each with a 36-character call-id and two
+# tags (the command string, its tuple, a deque and a set slot; tracemalloc): 24 MB full.
 DEFERRED_MAX = 100_000
 DEFERRED_TTL = 3600.0
+
+
+class DeferredDeletes:
+    """Deletes kept for a member that did not answer, delivered oldest first.
+
+    Each command is kept once: a second copy of the same delete (same modifiers, call-id
+    and tags) is the same delete. The Router keeps only deletes for calls it bound to the
+    member and for offers it left unanswered there, so a full queue means that many real
+    calls; a delete that finds it full is dropped, not an older one, and counted in
+    :attr:`dropped`. Read like a deque: ``deferred[0]`` is the oldest ``(deadline,
+    command)``, ``popleft()`` removes it.
+    """
+
+    __slots__ = ("_commands", "_queue", "dropped", "max_entries", "ttl")
+
+    def __init__(self, max_entries: int = DEFERRED_MAX, ttl: float = DEFERRED_TTL) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._queue: deque[tuple[float, str]] = deque()  # (deadline, command), oldest first
+        self._commands: set[str] = set()  # the commands in the queue
+        self.dropped = 0  # deletes refused because the queue was full
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def __getitem__(self, index: int) -> tuple[float, str]:
+        return self._queue[index]
+
+    def add(self, command: str, now: float) -> bool:
+        """Keep ``command`` until ``now + ttl``; False if it was kept already or is dropped."""
+        if command in self._commands:
+            return False
+        if len(self._queue) >= self.max_entries:
+            self.dropped += 1
+            return False
+        self._queue.append((now + self.ttl, command))
+        self._commands.add(command)
+        return True
+
+    def popleft(self) -> tuple[float, str]:
+        entry = self._queue.popleft()
+        self._commands.discard(entry[1])
+        return entry
 
 
 class Member:
@@ -40,7 +89,7 @@ class Member:
         self.stats_cache: dict[str, int | float] = {}  # last good G value per name
         self.capabilities: dict[str, bool] = {}  # VF date -> supported
         self.failures = 0
-        self.deferred: deque[tuple[float, str]] = deque()  # (deadline, command) to deliver
+        self.deferred = DeferredDeletes(DEFERRED_MAX)  # deletes to deliver when it is back
         self.state_changed = trio.Event()  # set (and replaced) on online/offline changes
         self.drain_deadline: float | None = None
         self.zero_heartbeats = 0  # consecutive heartbeats reporting no active session
@@ -116,10 +165,8 @@ class Member:
         event.set()
 
     def defer(self, command: str, now: float) -> None:
-        """Keep a delete for delivery when the member answers again."""
-        if len(self.deferred) >= DEFERRED_MAX:
-            self.deferred.popleft()
-        self.deferred.append((now + DEFERRED_TTL, command))
+        """Keep a delete for delivery when the member answers again (once, bounded)."""
+        self.deferred.add(command, now)
 
     def heartbeat(self, info: dict[str, int | float], placed_before: int) -> None:
         """A heartbeat reply; ``placed_before`` sessions were placed when it was asked.

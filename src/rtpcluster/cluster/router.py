@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote
 
 import trio
 
 from rtpcluster.cluster import balancer
 from rtpcluster.cluster.member import Member
+from rtpcluster.cluster.notify import relay_notify_args
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.protocol import (
     E_BROADCAST,
@@ -47,7 +47,6 @@ BASE_CAPABILITIES = frozenset(
     {"20040107", "20050322", "20060704", "20071116", "20071218", "20080403", "20081102"}
 )
 CAP_WILDCARD_NOTIFY = "20150617"
-NOTIFY_WILDCARD_HOST = "%%CC_SELF%%"
 
 
 def _error(code: int) -> str:
@@ -153,12 +152,13 @@ class Router:
         def done(reply: str | None) -> None:
             if reply is not None:
                 member.failures = 0
+                if cmd.op in _DELETING_OPS and _ended(cmd, reply):
+                    self._forget(cmd)
                 respond(self._finish(member, cmd, reply))
                 return
             member.note_failure()
             if cmd.op == "D":
-                member.defer(sent.serialize(), trio.current_time())
-                respond("0\n")
+                respond(self._keep_delete(member, sent))
             else:
                 respond(_error(E_MEMBER_TIMEOUT))
 
@@ -238,8 +238,7 @@ class Router:
             return await self._find_owner(cmd)
         if not owner.online:
             if cmd.op == "D":
-                owner.defer(cmd.serialize(), trio.current_time())
-                return "0\n"
+                return self._keep_delete(owner, cmd)
             if cmd.op == "U" and cmd.to_tag is None:
                 return await self._new_session(cmd)
             return _error(E_MEMBER_TIMEOUT)
@@ -251,10 +250,27 @@ class Router:
             reply = await member.send(sent, self.timeout)
         except MemberError:
             if cmd.op == "D":
-                member.defer(sent.serialize(), trio.current_time())
-                return "0\n"
+                return self._keep_delete(member, sent)
             return _error(E_MEMBER_TIMEOUT)
+        if cmd.op in _DELETING_OPS and _ended(cmd, reply):
+            self._forget(cmd)
         return self._finish(member, cmd, reply)
+
+    def _keep_delete(self, member: Member, cmd: Command) -> str:
+        """A D for a call bound to ``member``, which did not answer: deliver it later.
+
+        The SIP server gets ``0`` now and will not ask again, so the call is forgotten
+        here as if the member had confirmed; a retransmit over UDP gets the cached ``0``.
+        """
+        member.defer(cmd.serialize(), trio.current_time())
+        if _ends_call(cmd):
+            self._forget(cmd)
+        return "0\n"
+
+    def _forget(self, cmd: Command) -> None:
+        call_id = cmd.call_id
+        assert call_id is not None
+        self.sessions.unbind(call_id)
 
     async def _new_session(self, cmd: Command, tried: list[Member] | None = None) -> str:
         call_id = cmd.call_id
@@ -314,16 +330,14 @@ class Router:
         assert call_id is not None
         if len(positive) == 1:
             owner, reply = positive[0]
-            self.sessions.bind(call_id, owner)
+            if not (cmd.op in _DELETING_OPS and _ended(cmd, reply)):
+                self.sessions.bind(call_id, owner)
             if cmd.op == "U":
                 return await self._forward(owner, cmd)
             return self._finish(owner, cmd, reply)
-        if cmd.op == "D" and not positive:
-            silent = [m for m, r in answers if r is None]
-            for member in silent:
-                member.defer(cmd.serialize(), trio.current_time())
-            if silent:
-                return "0\n"
+        # A D nobody confirms is not kept for members that did not answer: this process
+        # never bound the call to them, and deletes kept for unknown calls would let any
+        # client fill their queues. A session left there ends by its own timeout.
         if cmd.op == "U" and not positive:
             # RTPproxy never answers "not found" to U: no member has it, so create it.
             return await self._new_session(cmd)
@@ -349,16 +363,10 @@ class Router:
         if member.config.address.kind.is_path:
             return cmd  # a local member reaches the SIP server's socket itself
         relay = self.config.disconnect_notify
-        socket_name = cmd.notify_socket or ""
-        if (
-            relay is not None
-            and member.capabilities.get(CAP_WILDCARD_NOTIFY)
-            and socket_name.startswith(relay.dest_socket_prefix)
-        ):
-            suffix = socket_name[len(relay.dest_socket_prefix) :]
-            tag = quote(f"{suffix} {unquote(cmd.notify_tag or '')}", safe="")
-            port = relay.inbound_address.port
-            return cmd.with_notify(f"tcp:{NOTIFY_WILDCARD_HOST}:{port}", tag)
+        if relay is not None and member.capabilities.get(CAP_WILDCARD_NOTIFY):
+            args = relay_notify_args(relay, cmd.notify_socket or "", cmd.notify_tag or "")
+            if args is not None:
+                return cmd.with_notify(*args)
         return cmd.without_notify()
 
     def _finish(self, member: Member, cmd: Command, reply: str) -> str:
@@ -468,6 +476,33 @@ class Router:
                 nursery.start_soon(tell, member)
         self.sessions.clear()
         return _error(E_MEMBER_TIMEOUT) if failed else "0\n"
+
+
+# Commands that can end a call: D, and Q with a "&& D" subcommand (query and delete).
+_DELETING_OPS = frozenset("DQ")
+
+
+def _ends_call(cmd: Command) -> bool:
+    """Does ``cmd``, when it succeeds, end the call on its member?
+
+    RTPproxy's ``D call from [to]`` deletes every session of the call whose tag matches
+    either tag (a tag without ``;N`` matches all its media streams): the clients we know
+    send D without ``;N``, so that is the whole call. ``Dw``
+    only drops the weak side and may leave the session alive, so it ends nothing here.
+    A D that left some session of the call behind (one of several from-tags, a ``;N``
+    stream) costs a broadcast later: the next command for the call finds it again.
+    """
+    if cmd.op == "D":
+        return "w" not in cmd.modifiers and "W" not in cmd.modifiers
+    return cmd.op == "Q" and any(section[0] in ("D", "d") for section in cmd.subcommands)
+
+
+def _ended(cmd: Command, reply: str) -> bool:
+    """Did the member confirm that ``cmd`` ended the call? (``cmd`` is a D or Q.)"""
+    if is_error(reply) or not _ends_call(cmd):
+        return False
+    # Q ... && D: a failed subcommand shows as "&& -1" after the counters
+    return cmd.op == "D" or "&&" not in reply
 
 
 def _ensure_newline(reply: str) -> str:

@@ -19,6 +19,7 @@ from rtpcluster.config.models import (
     ClusterConfig,
     Config,
     DisconnectNotify,
+    ListenOptions,
     MemberConfig,
 )
 from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
@@ -102,8 +103,12 @@ def build_cluster(
     disconnect_notify: DisconnectNotify | None,
     timers: Mapping[str, str],
     members: Sequence[MemberConfig],
+    listen_options: Mapping[str, ListenOptions] | None = None,
 ) -> ClusterConfig:
-    """Assemble a cluster: ``protocol``+``address`` become the first listener."""
+    """Assemble a cluster: ``protocol``+``address`` become the first listener.
+
+    ``listen_options`` holds the attributes of ``<listen>`` elements, by their text.
+    """
     try:
         endpoints = [_listener(text) for text in listen]
         primary = _primary_listener(protocol, address)
@@ -114,6 +119,8 @@ def build_cluster(
         "members": list(members),
         **timers,
     }
+    if listen_options:
+        data["listen_options"] = dict(listen_options)
     if name is not None:
         data["name"] = name
     if capacity_limit is not None:
@@ -123,8 +130,15 @@ def build_cluster(
     return validated(ClusterConfig, data, context)
 
 
-def build_config(clusters: Sequence[ClusterConfig], http: str | None = None) -> Config:
-    return validated(Config, {"clusters": list(clusters), "http": http}, "")
+def build_config(
+    clusters: Sequence[ClusterConfig],
+    http: str | None = None,
+    session_store: str | None = None,
+) -> Config:
+    data: dict[str, object] = {"clusters": list(clusters), "http": http}
+    if session_store is not None:
+        data["session_store"] = session_store
+    return validated(Config, data, "")
 
 
 def capacity_limit_type(value: object) -> str:

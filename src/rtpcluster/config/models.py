@@ -9,6 +9,8 @@ values (``model_copy`` does not validate).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
@@ -25,6 +27,7 @@ from pydantic import (
 )
 
 from rtpcluster.config import values
+from rtpcluster.store.url import StoreUrlError, parse_store_url
 from rtpcluster.transport.endpoint import Endpoint, Kind
 
 EndpointValue = Annotated[
@@ -34,6 +37,41 @@ EndpointValue = Annotated[
     WithJsonSchema({"type": "string", "examples": ["udp:127.0.0.1:22222"]}),
 ]
 """An Endpoint field: given as an Endpoint or as ``kind:address`` text, dumped as text."""
+
+
+TIMER_BOUNDS: Mapping[str, tuple[float, float]] = {
+    # An online member answers one ``Ib`` per interval. Below 0.1 s (10 a second per
+    # member) the load figures get no fresher, as they change with call set-up, and a
+    # tiny value keeps a core busy with heartbeats; above 60 s a dead member that carries
+    # no calls is noticed minutes late, and a drain waits minutes for the two heartbeats
+    # without a session that end it.
+    "heartbeat_interval": (0.1, 60.0),
+    # An offline member is probed (``V``, then ``VF``) once per interval: 0.1 s bounds
+    # that to 10 probes a second per member; above 60 s a member back from a restart
+    # waits more than a minute before it takes calls again.
+    "offline_probe_interval": (0.1, 60.0),
+    # The budget of one command to a member, retransmits included. The member client's
+    # timer ticks every 10 ms and its first retransmit is due after 30 ms at the
+    # earliest: below 50 ms a lost datagram is never sent again. Above 10 s a SIP
+    # server has long given up (Kamailio: 5 tries of 1 s by default) while its
+    # transaction and our reply-cache entry wait.
+    "member_timeout": (0.05, 10.0),
+    # A call-id with no command for this long is forgotten (a later command for it
+    # asks every member). Below 60 s, RTPproxy's own default session lifetime, calls
+    # between re-INVITEs would be forgotten all the time; above a day the table keeps
+    # calls that every member has long dropped.
+    "session_idle_timeout": (60.0, 86400.0),
+}
+"""Lowest and highest accepted value, in seconds, of each timer of ``<rtp_cluster>``."""
+
+DRAIN_TIMEOUT_BOUNDS = (0.0, 86400.0)
+"""``modify <cluster> delete <member> timeout=S``: 0 removes it at the next upkeep
+(about a second); a drain meant to last longer than a day is one without a timeout."""
+
+
+def drain_timeout(value: object) -> float | None:
+    """The ``timeout=`` of ``modify <cluster> delete``: not given, or seconds in bounds."""
+    return None if value is None else values.seconds(value, *DRAIN_TIMEOUT_BOUNDS)
 
 
 class MemberStatus(StrEnum):
@@ -139,13 +177,22 @@ class DisconnectNotify(_Frozen):
     """``<disconnect_notify>``: relay RTPproxy's session-timeout notifications.
 
     Members connect to ``inbound_address`` (TCP); each notification is written to the
-    unix socket ``dest_socket_prefix`` + the suffix the SIP server asked for.
+    unix socket ``dest_socket_prefix`` + the suffix the SIP server asked for. Tags are
+    signed with a key of this process, or the one kept in ``key_file`` so that calls set
+    up before a restart are still notified.
     """
 
     inbound_address: EndpointValue
     dest_socket_prefix: str
+    key_file: str | None = None
 
-    _prefix = field_validator("dest_socket_prefix", mode="before")(values.text)
+    @field_validator("dest_socket_prefix", "key_file", mode="before")
+    @classmethod
+    def _absolute_path(cls, value: object) -> str:
+        path = values.text(value)
+        if not path.startswith("/"):
+            raise ValueError(f"must be an absolute path, got {path!r}")
+        return path
 
     @field_validator("inbound_address", mode="before")
     @classmethod
@@ -154,6 +201,45 @@ class DisconnectNotify(_Frozen):
         if endpoint.kind not in (Kind.TCP, Kind.TCP6):
             raise ValueError(f"must be a TCP address host:port, got {str(endpoint)!r}")
         return endpoint
+
+
+class ListenOptions(_Frozen):
+    """The attributes of a ``<listen>``; None keeps the listener's default.
+
+    ``mode`` and ``owner`` (unix/cunix) decide who may connect; ``max_connections``
+    and ``idle_timeout`` (every stream kind) bound what connections may hold.
+    """
+
+    mode: int | None = None
+    owner: str | None = None
+    max_connections: int | None = None
+    idle_timeout: float | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> int | None:
+        given = values.optional(value)
+        return None if given is None else values.file_mode(given)
+
+    @field_validator("owner", mode="before")
+    @classmethod
+    def _owner(cls, value: object) -> str | None:
+        given = values.optional(value)
+        return None if given is None else values.socket_owner(given)
+
+    @field_validator("max_connections", mode="before")
+    @classmethod
+    def _max_connections(cls, value: object) -> int | None:
+        given = values.optional(value)
+        if given is None:
+            return None
+        return int(values.bounded(values.positive_integer(given), 1, 65536, value))
+
+    @field_validator("idle_timeout", mode="before")
+    @classmethod
+    def _idle_timeout(cls, value: object) -> float | None:
+        given = values.optional(value)
+        return None if given is None else values.seconds(given, 1, 86400)
 
 
 class ClusterConfig(_Frozen):
@@ -168,20 +254,27 @@ class ClusterConfig(_Frozen):
     offline_probe_interval: float = 2.0
     member_timeout: float = 0.5  # budget of one command to a member, retransmits included
     session_idle_timeout: float = 3600.0  # forget a call-id with no command for this long
+    # <listen> attributes by str(endpoint); listeners without any are left out.
+    listen_options: dict[str, ListenOptions] = Field(default_factory=dict)
 
     _name = field_validator("name", mode="before")(values.name)
-    _timers = field_validator(
-        "heartbeat_interval",
-        "offline_probe_interval",
-        "member_timeout",
-        "session_idle_timeout",
-        mode="before",
-    )(values.seconds)
+
+    @field_validator(*TIMER_BOUNDS, mode="before")
+    @classmethod
+    def _timer(cls, value: object, info: ValidationInfo) -> float:
+        assert info.field_name is not None
+        return values.seconds(value, *TIMER_BOUNDS[info.field_name])
 
     @field_validator("capacity_limit", mode="before")
     @classmethod
     def _capacity_limit(cls, value: object) -> CapacityLimit:
         return values.choice(value, CapacityLimit)
+
+    @field_validator("listen_options", mode="after")
+    @classmethod
+    def _listen_options(cls, value: dict[str, ListenOptions]) -> dict[str, ListenOptions]:
+        """Keyed by the endpoint's own text; a listener without attributes has no entry."""
+        return {str(values.endpoint(k)): v for k, v in value.items() if v != ListenOptions()}
 
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
@@ -192,11 +285,20 @@ class ClusterConfig(_Frozen):
             if _socket_key(endpoint) in seen:
                 raise ValueError(f"<listen>: duplicate endpoint {str(endpoint)!r}")
             seen.add(_socket_key(endpoint))
+        _check_listen_options(self.listen, self.listen_options)
         names: set[str] = set()
         for member in self.members:
             if member.name in names:
                 raise ValueError(f"duplicate rtpproxy name {member.name!r}")
             names.add(member.name)
+        addresses: dict[tuple[str, ...], MemberConfig] = {}
+        for member in self.members:
+            first = addresses.setdefault(_member_socket_key(member.address), member)
+            if first is not member:
+                raise ValueError(
+                    f"rtpproxy {member.name!r}: <address>: {address_text(member)!r} "
+                    f"is already the address of rtpproxy {first.name!r}"
+                )
         return self
 
 
@@ -218,12 +320,21 @@ class Config(_Frozen):
 
     clusters: list[ClusterConfig]
     http: EndpointValue | None = None  # <http>HOST:PORT</http>: the HTTP endpoint, off if unset
+    session_store: str = "memory"  # <session_store>: memory, redis://, rediss://, unix://
 
     @field_validator("http", mode="before")
     @classmethod
     def _http(cls, value: object) -> Endpoint | None:
         given = values.optional(value)
         return None if given is None else http_endpoint(given)
+
+    @field_validator("session_store", mode="before")
+    @classmethod
+    def _session_store(cls, value: object) -> str:
+        try:
+            return parse_store_url(values.text(value)).render()
+        except StoreUrlError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:
@@ -241,6 +352,37 @@ class Config(_Frozen):
                         f"is already used by cluster {owner!r}"
                     )
         return self
+
+
+def address_text(member: MemberConfig) -> str:
+    """A member's address as its ``<address>`` element holds it."""
+    if member.protocol is MemberProtocol.EMBEDDED:
+        return str(member.address)
+    return member.address.address
+
+
+def same_socket(one: Endpoint, other: Endpoint) -> bool:
+    """Whether two listeners would bind the same socket."""
+    return _socket_key(one) == _socket_key(other)
+
+
+def _member_socket_key(endpoint: Endpoint) -> tuple[str, ...]:
+    """Two member addresses that name one control socket, as written (not resolved)."""
+    if endpoint.kind.is_path:
+        return ("path", os.path.normpath(endpoint.path))
+    return (endpoint.kind.value, endpoint.host.lower(), str(endpoint.port))
+
+
+def _check_listen_options(listen: list[Endpoint], options: dict[str, ListenOptions]) -> None:
+    kinds = {str(endpoint): endpoint.kind for endpoint in listen}
+    for spec, given in options.items():
+        kind = kinds.get(spec)
+        if kind is None:
+            raise ValueError(f"<listen> attributes for {spec!r}, which is not a listener")
+        if kind.is_datagram and given != ListenOptions():
+            raise ValueError(f"<listen> {spec}: attributes are only for stream sockets")
+        if not kind.is_path and (given.mode is not None or given.owner is not None):
+            raise ValueError(f"<listen> {spec}: mode and owner are only for unix: and cunix:")
 
 
 def _socket_key(endpoint: Endpoint) -> tuple[str, ...]:

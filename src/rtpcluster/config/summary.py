@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rtpcluster.config.models import ClusterConfig, Config, MemberProtocol
+from rtpcluster.transport.endpoint import Endpoint
 
 
 def summary(config: Config) -> str:
@@ -17,7 +18,7 @@ def summary(config: Config) -> str:
 def _cluster_lines(cluster: ClusterConfig) -> list[str]:
     lines = [
         f"cluster {cluster.name}",
-        f"  listen: {', '.join(str(endpoint) for endpoint in cluster.listen)}",
+        f"  listen: {', '.join(_listener(cluster, endpoint) for endpoint in cluster.listen)}",
         f"  capacity_limit: {cluster.capacity_limit.value}",
     ]
     if cluster.disconnect_notify is not None:
@@ -35,3 +36,13 @@ def _cluster_lines(cluster: ClusterConfig) -> list[str]:
             f"weight={member.weight} capacity={member.capacity} status={member.status.value}"
         )
     return lines
+
+
+def _listener(cluster: ClusterConfig, endpoint: Endpoint) -> str:
+    """``unix:/run/x.sock (mode 0660, owner a:b)``: the endpoint and its attributes."""
+    options = cluster.listen_options.get(str(endpoint))
+    if options is None:
+        return str(endpoint)
+    shown = {**dict(options), "mode": None if options.mode is None else f"{options.mode:04o}"}
+    given = [f"{key} {value}" for key, value in shown.items() if value is not None]
+    return f"{endpoint} ({', '.join(given)})"

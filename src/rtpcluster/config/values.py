@@ -16,8 +16,10 @@ from enum import StrEnum
 from typing import TypeVar
 
 from rtpcluster.transport.endpoint import Endpoint, Kind
+from rtpcluster.transport.unixsock import SocketOwnerError, parse_owner
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+_FILE_MODE = re.compile(r"0?[0-7]{3}")
 _HAS_PORT = re.compile(r".*:[0-9]+")
 
 EnumT = TypeVar("EnumT", bound=StrEnum)
@@ -46,8 +48,8 @@ def port_number(value: object) -> int:
     return number
 
 
-def seconds(value: object) -> float:
-    """A positive, finite number of seconds (``1``, ``0.5``, ``2e-1``)."""
+def seconds(value: object, lowest: float, highest: float) -> float:
+    """A number of seconds from ``lowest`` to ``highest``, both included (``1``, ``2e-1``)."""
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
@@ -56,9 +58,38 @@ def seconds(value: object) -> float:
             number = float(value.strip())
         except ValueError:
             number = None
-    if number is None or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"must be a number of seconds > 0, got {value!r}")
+    if number is None or not math.isfinite(number) or not lowest <= number <= highest:
+        raise ValueError(
+            f"must be a number of seconds from {lowest:g} to {highest:g}, got {value!r}"
+        )
     return number
+
+
+def bounded(number: float, low: float, high: float, value: object) -> float:
+    """``number`` if within [low, high]; the message shows the value as given."""
+    if not low <= number <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def file_mode(value: object) -> int:
+    """Permission bits in octal, as chmod takes them: ``0660``, ``660`` (or an int)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    if isinstance(value, str) and _FILE_MODE.fullmatch(value.strip()):
+        return int(value.strip(), 8)
+    raise ValueError(f"must be octal permission bits such as 0660, got {value!r}")
+
+
+def socket_owner(value: object) -> str:
+    """``user:group``, ``user`` or ``:group`` naming an existing user and group."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be user:group, got {value!r}")
+    try:
+        parse_owner(value)
+    except SocketOwnerError as exc:
+        raise ValueError(str(exc)) from None
+    return value.strip()
 
 
 def name(value: object) -> str:

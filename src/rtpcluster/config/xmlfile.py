@@ -15,6 +15,7 @@ from typing import Any
 from xml.parsers import expat
 
 import xmltodict
+from pydantic import ValidationError
 
 from rtpcluster.config.build import (
     CLUSTER_TIMERS,
@@ -25,16 +26,17 @@ from rtpcluster.config.build import (
     member_context,
     validated,
 )
-from rtpcluster.config.errors import ConfigError, ElementError
+from rtpcluster.config.errors import ConfigError, ElementError, describe
 from rtpcluster.config.models import (
     CapacityLimit,
     ClusterConfig,
     Config,
     DisconnectNotify,
+    ListenOptions,
     MemberConfig,
     MemberProtocol,
 )
-from rtpcluster.transport.endpoint import Kind
+from rtpcluster.transport.endpoint import Endpoint, Kind
 
 ROOT = "rtp_cluster_config"
 _REPEATED = ("rtp_cluster", "rtpproxy", "listen")
@@ -48,7 +50,7 @@ _CLUSTER_ELEMENTS = (
     *CLUSTER_TIMERS,
     "rtpproxy",
 )
-_NOTIFY_ELEMENTS = ("inbound_address", "dest_socket_prefix")
+_NOTIFY_ELEMENTS = ("inbound_address", "dest_socket_prefix", "key_file")
 _TIMER_DEFAULTS = {name: ClusterConfig.model_fields[name].default for name in CLUSTER_TIMERS}
 
 
@@ -67,14 +69,17 @@ def parse_config(text: str | bytes, source: str = "<config>") -> Config:
     if root != ROOT:
         raise ConfigError(f"{source}: root element is <{root}>, expected <{ROOT}>")
     try:
-        top = _children(document[root], ROOT, ("rtp_cluster", "http"))
+        top = _children(document[root], ROOT, ("rtp_cluster", "http", "session_store"))
         http = _text(top["http"], "http") if "http" in top else None
+        session_store = None
+        if "session_store" in top:
+            session_store = _text(top["session_store"], "session_store")
     except ElementError as exc:
         raise ConfigError(str(exc)) from None
     clusters = [
         _cluster(node, position) for position, node in enumerate(top.get("rtp_cluster", []), 1)
     ]
-    return build_config(clusters, http)
+    return build_config(clusters, http, session_store)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -92,11 +97,13 @@ def dump_config(config: Config) -> str:
     Elements of the original format are always written; our additions only when they
     differ from their defaults, so a plain cluster stays readable by the original.
     """
-    tree: dict[str, object] = {}
+    top: dict[str, object] = {}
     if config.http is not None:
-        tree["http"] = config.http.address
-    tree["rtp_cluster"] = [_cluster_tree(cluster) for cluster in config.clusters]
-    document = {ROOT: tree}
+        top["http"] = config.http.address
+    if config.session_store != Config.model_fields["session_store"].default:
+        top["session_store"] = config.session_store
+    top["rtp_cluster"] = [_cluster_tree(cluster) for cluster in config.clusters]
+    document = {ROOT: top}
     xml: str = xmltodict.unparse(document, pretty=True, indent="  ", short_empty_elements=True)
     return xml + "\n"
 
@@ -138,7 +145,9 @@ def _cluster(node: object, position: int) -> ClusterConfig:
             for key in ("name", "protocol", "address", *CLUSTER_TIMERS)
             if key in children
         }
-        listen = [_text(item, "listen") for item in children.get("listen", [])]
+        listen_elements = [_listen(item) for item in children.get("listen", [])]
+        listen = [text for text, _ in listen_elements]
+        listen_options = {text: options for text, options in listen_elements if options}
         capacity_limit = None
         if "capacity_limit" in children:
             capacity_limit = _capacity_limit(children["capacity_limit"])
@@ -160,6 +169,7 @@ def _cluster(node: object, position: int) -> ClusterConfig:
         disconnect_notify=notify,
         timers={key: scalars[key] for key in CLUSTER_TIMERS if key in scalars},
         members=members,
+        listen_options=listen_options,
     )
 
 
@@ -181,6 +191,28 @@ def _disconnect_notify(node: object, cluster_context: str) -> DisconnectNotify:
     except ElementError as exc:
         raise ConfigError(f"{context}: {exc}") from None
     return validated(DisconnectNotify, texts, context)
+
+
+def _listen(node: object) -> tuple[str, ListenOptions | None]:
+    """A ``<listen>``: its endpoint text and its attributes (None without any)."""
+    if not isinstance(node, Mapping):
+        return _text(node, "listen"), None
+    attributes: dict[str, str] = {}
+    for key, value in node.items():
+        if key == "#text":
+            continue
+        if not key.startswith("@"):
+            raise ElementError("listen", "expected text only, got child elements")
+        if key[1:] not in ListenOptions.model_fields:
+            known = ", ".join(ListenOptions.model_fields)
+            raise ElementError("listen", f"unknown attribute {key[1:]!r} (known: {known})")
+        attributes[key[1:]] = value
+    try:
+        options = ListenOptions.model_validate(attributes)
+    except ValidationError as exc:
+        attribute, _, message = describe(exc).partition(">: ")
+        raise ElementError(f"listen {attribute.lstrip('<')}", message) from None
+    return _text(node.get("#text"), "listen"), options
 
 
 def _capacity_limit(node: object) -> str:
@@ -228,26 +260,42 @@ def _peek_name(node: object) -> str | None:
 
 def _cluster_tree(cluster: ClusterConfig) -> dict[str, object]:
     first, *others = cluster.listen
-    tree: dict[str, object] = {
-        "name": cluster.name,
-        "protocol": first.kind.value,
-        "address": first.address,
-    }
+    tree: dict[str, object] = {"name": cluster.name}
+    if str(first) in cluster.listen_options:
+        others = cluster.listen  # <protocol>/<address> take no attributes: all are <listen>
+    else:
+        tree.update(protocol=first.kind.value, address=first.address)
     if others:
-        tree["listen"] = [str(endpoint) for endpoint in others]
+        tree["listen"] = [_listen_tree(endpoint, cluster.listen_options) for endpoint in others]
     tree["capacity_limit"] = {"@type": CapacityLimit(cluster.capacity_limit).value}
     if cluster.disconnect_notify is not None:
         inbound = cluster.disconnect_notify.inbound_address
-        tree["disconnect_notify"] = {
+        notify = {
             "inbound_address": inbound.address if inbound.kind is Kind.TCP else str(inbound),
             "dest_socket_prefix": cluster.disconnect_notify.dest_socket_prefix,
         }
+        if cluster.disconnect_notify.key_file is not None:
+            notify["key_file"] = cluster.disconnect_notify.key_file
+        tree["disconnect_notify"] = notify
     for key, default in _TIMER_DEFAULTS.items():
         value = getattr(cluster, key)
         if value != default:
             tree[key] = repr(value)
     if cluster.members:
         tree["rtpproxy"] = [_member_tree(member) for member in cluster.members]
+    return tree
+
+
+def _listen_tree(endpoint: Endpoint, options: Mapping[str, ListenOptions]) -> object:
+    given = options.get(str(endpoint))
+    if given is None:
+        return str(endpoint)
+    tree = {f"@{key}": str(value) for key, value in given if value is not None}
+    if given.mode is not None:
+        tree["@mode"] = f"{given.mode:04o}"
+    if given.idle_timeout is not None:
+        tree["@idle_timeout"] = repr(given.idle_timeout)
+    tree["#text"] = str(endpoint)
     return tree
 
 

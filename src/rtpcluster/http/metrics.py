@@ -87,6 +87,11 @@ def _member_families(readings: list[ClusterReading]) -> Iterator[Metric]:
         "rtpcluster_member_deferred_deletes",
         "Deletes kept for delivery when the member answers again.",
     )
+    deferred_dropped = CounterMetricFamily(
+        "rtpcluster_member_deferred_deletes_dropped",
+        "Deletes not kept for the member because its queue was full.",
+        labels=_MEMBER,
+    )
     commands = CounterMetricFamily(
         "rtpcluster_member_commands",
         "Commands forwarded to the member, by result.",
@@ -110,11 +115,12 @@ def _member_families(readings: list[ClusterReading]) -> Iterator[Metric]:
             changes.add_metric(labels, counters.state_changes)
             last_change.add_metric(labels, counters.last_change)
             downtime.add_metric(labels, counters.downtime())
-            deferred.add_metric(labels, member.deferred_deletes)
+            deferred.add_metric(labels, info.deferred_deletes)
+            deferred_dropped.add_metric(labels, info.deferred_dropped)
             for result in MEMBER_RESULTS:
                 commands.add_metric((*labels, result), counters.commands[result])
     yield from (up, status, weight, capacity, sessions, tracked, utilisation, rtt)
-    yield from (changes, last_change, downtime, deferred, commands)
+    yield from (changes, last_change, downtime, deferred, deferred_dropped, commands)
 
 
 def _cluster_families(readings: list[ClusterReading]) -> Iterator[Metric]:

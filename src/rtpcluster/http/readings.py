@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 class MemberReading:
     info: MemberInfo
     counters: MemberCounters
-    deferred_deletes: int  # deletes kept for delivery when the member answers again
 
 
 @dataclass(slots=True)
@@ -99,13 +98,7 @@ def read_cluster(cluster: Cluster) -> ClusterReading:
     members = []
     for member_info in info.members:
         member = cluster.members[member_info.name]  # info() reads the same dict
-        members.append(
-            MemberReading(
-                info=member_info,
-                counters=counters_of_member(member),
-                deferred_deletes=len(member.deferred),
-            )
-        )
+        members.append(MemberReading(info=member_info, counters=counters_of_member(member)))
     return ClusterReading(
         info=info,
         counters=counters_of_cluster(cluster),

@@ -4,7 +4,12 @@ Pure functions and small classes; no sockets, no trio, nothing else of ours.
 """
 
 from rtpcluster.protocol.command import Command, parse_command, split_ul_modifiers
-from rtpcluster.protocol.cookie import join_cookie, split_cookie
+from rtpcluster.protocol.cookie import (
+    MAX_COOKIE_BYTES,
+    MAX_DATAGRAM_BYTES,
+    join_cookie,
+    split_cookie,
+)
 from rtpcluster.protocol.errors import (
     E_BROADCAST,
     E_MEMBER_TIMEOUT,
@@ -52,6 +57,8 @@ __all__ = [
     "E_UNKNOWN_COMMAND",
     "INFO_FIELDS",
     "MAX_COMMAND_BYTES",
+    "MAX_COOKIE_BYTES",
+    "MAX_DATAGRAM_BYTES",
     "Command",
     "LineFramer",
     "ProtocolError",

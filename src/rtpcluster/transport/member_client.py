@@ -19,7 +19,13 @@ from typing import Protocol
 
 import trio
 
-from rtpcluster.protocol import ProtocolError, ReplyAssembler, split_cookie
+from rtpcluster.protocol import (
+    MAX_COMMAND_BYTES,
+    MAX_DATAGRAM_BYTES,
+    ProtocolError,
+    ReplyAssembler,
+    split_cookie,
+)
 from rtpcluster.transport.endpoint import Endpoint, Kind
 from rtpcluster.transport.listeners import UDP_RCVBUF
 
@@ -30,6 +36,11 @@ TIMER_TICK = 0.01  # resolution of retransmits and deadlines
 # default receive buffer and drops datagrams beyond about 40 in flight; the rest wait.
 MAX_IN_FLIGHT = 32
 MAX_RTO = 0.25
+# A command that does not fit in a member's 8 KiB command buffer with our cookie (or the
+# newline of a stream) is answered E5 here and never sent: RTPproxy would cut a datagram
+# and run its front part, or drop a stream connection. Only a command close to the limit
+# from the client can grow past it on the way (our cookie, an added L<lan_address>).
+TOO_LONG_REPLY = "E5\n"
 
 
 class MemberError(Exception):
@@ -294,9 +305,13 @@ class UdpMemberClient:
             callback(None)  # not running: nothing can answer
             return
         cookie = new_cookie().encode()
+        data = cookie + b" " + command.encode()
+        if len(data) > MAX_DATAGRAM_BYTES:
+            callback(TOO_LONG_REPLY)
+            return
         now = trio.current_time()
         rto = self._est.rto()
-        entry = _Pending(cookie + b" " + command.encode(), now, now + timeout, rto)
+        entry = _Pending(data, now, now + timeout, rto)
         entry.callback = callback
         if not self._pending:
             self._work.set()
@@ -343,6 +358,13 @@ class UdpMemberClient:
             self._sock.close()
 
 
+def _too_long_for_stream(command: str) -> bool:
+    """Does ``command`` with its newline overflow RTPproxy's 8 KiB stream buffer?"""
+    if len(command) * 4 < MAX_COMMAND_BYTES:  # UTF-8 takes at most 4 bytes a character
+        return False
+    return len(command.encode()) + 1 > MAX_COMMAND_BYTES
+
+
 async def _open_stream(endpoint: Endpoint, cmd_out_address: str | None = None) -> trio.SocketStream:
     try:
         if endpoint.kind.is_path:
@@ -374,15 +396,25 @@ class UnixOneShotClient:
         await trio.sleep_forever()
 
     async def request(self, command: str, timeout: float, lines: int = 1) -> str:
+        if _too_long_for_stream(command):
+            return TOO_LONG_REPLY
         start = trio.current_time()
         with trio.move_on_after(timeout):
             stream = await _open_stream(self.endpoint)
             async with stream:
-                await stream.send_all(command.encode() + b"\n")
+                try:
+                    await stream.send_all(command.encode() + b"\n")
+                except trio.BrokenResourceError:  # EPIPE or ECONNRESET: it hung up on us
+                    raise MemberUnavailable(f"{self.endpoint}: closed without a reply") from None
                 assembler = ReplyAssembler()
                 received = False
                 while True:
-                    data = await stream.receive_some(RECV_SIZE)
+                    try:
+                        data = await stream.receive_some(RECV_SIZE)
+                    except trio.BrokenResourceError:  # a reset: what came may be cut short
+                        raise MemberUnavailable(
+                            f"{self.endpoint}: closed without a reply"
+                        ) from None
                     if data:
                         received = True
                         assembler.feed(data)
@@ -474,6 +506,8 @@ class StreamMemberClient:
         return stream
 
     async def request(self, command: str, timeout: float, lines: int = 1) -> str:
+        if _too_long_for_stream(command):
+            return TOO_LONG_REPLY
         start = trio.current_time()
         waiter = _Waiter()
         with trio.move_on_after(timeout) as scope:

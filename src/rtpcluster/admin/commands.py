@@ -12,7 +12,6 @@ by status.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Annotated
@@ -36,6 +35,8 @@ from rtpcluster.cluster.control import (
     MemberInfo,
     MemberSettingsControl,
     ServiceControl,
+    cluster_document,
+    clusters_document,
 )
 from rtpcluster.config import (
     ConfigError,
@@ -208,11 +209,11 @@ async def ls(ctx: AdminContext, args: LsArgs) -> Reply:
     if args.cluster is None:
         clusters = ctx.control.clusters()
         if args.as_json:
-            return Reply(_json_lines({"clusters": [dataclasses.asdict(c) for c in clusters]}))
+            return Reply(_json_lines(clusters_document(clusters)))
         return Reply([line for info in clusters for line in cluster_summary(info)])
     info = ctx.control.cluster(args.cluster)
     if args.as_json:
-        return Reply(_json_lines(dataclasses.asdict(info)))
+        return Reply(_json_lines(cluster_document(info)))
     return Reply(cluster_detail(info))
 
 

@@ -6,8 +6,9 @@ talks to this protocol, so admin code never reaches into cluster internals.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from rtpcluster.config.models import ClusterConfig, Config, MemberChanges, MemberConfig
@@ -44,6 +45,12 @@ class MemberInfo:
     # Taken out for flapping: seconds until it may come back (after rise good answers);
     # None when it is not held down.
     held_down_left: float | None = None
+    # From the member's counters; None until the executors count (issue 10).
+    state: str | None = None  # probing, online, offline, draining, removed
+    commands: dict[str, int] | None = None  # commands forwarded, by result: ok/error/timeout
+    state_changes: int | None = None  # online/offline changes since it was added
+    last_change_age: float | None = None  # seconds since the last of them
+    downtime: float | None = None  # seconds offline since it was added
 
 
 @dataclass(slots=True)
@@ -53,6 +60,16 @@ class ClusterInfo:
     addresses: list[str]  # str(Endpoint) of every listener
     capacity_limit: str  # soft or hard
     members: list[MemberInfo] = field(default_factory=list)
+
+
+def cluster_document(info: ClusterInfo) -> dict[str, Any]:
+    """One cluster as JSON data: ``ls <cluster> --json`` and ``/api/v1/clusters/<name>``."""
+    return dataclasses.asdict(info)
+
+
+def clusters_document(infos: list[ClusterInfo]) -> dict[str, Any]:
+    """Every cluster as JSON data: ``ls --json`` and ``/api/v1/clusters``."""
+    return {"clusters": [cluster_document(info) for info in infos]}
 
 
 @dataclass(slots=True)

@@ -160,8 +160,12 @@ def build_cluster(
     return validated(ClusterConfig, data, context)
 
 
-def build_config(clusters: Sequence[ClusterConfig], session_store: str | None = None) -> Config:
-    data: dict[str, object] = {"clusters": list(clusters)}
+def build_config(
+    clusters: Sequence[ClusterConfig],
+    http: str | None = None,
+    session_store: str | None = None,
+) -> Config:
+    data: dict[str, object] = {"clusters": list(clusters), "http": http}
     if session_store is not None:
         data["session_store"] = session_store
     return validated(Config, data, "")

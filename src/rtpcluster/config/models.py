@@ -427,11 +427,31 @@ class ClusterConfig(_Frozen):
         return self
 
 
+def http_endpoint(value: object) -> Endpoint:
+    """``<http>`` / ``--http``: ``HOST:PORT`` or ``[V6]:PORT`` of the HTTP endpoint."""
+    text = value.strip() if isinstance(value, str) else value
+    ipv6 = isinstance(text, str) and (text.startswith("[") or text.count(":") > 1)
+    endpoint = values.endpoint_with_port(text, Kind.TCP6 if ipv6 else Kind.TCP)
+    if endpoint.kind not in (Kind.TCP, Kind.TCP6) or not str(text).endswith(str(endpoint.port)):
+        # the second: a bare IPv6 address such as ::1 reads as one without a port
+        raise ValueError(f"must be host:port, got {text!r}")
+    if endpoint.host == "*":
+        raise ValueError("use 0.0.0.0 or [::] to listen on every address, not *")
+    return endpoint
+
+
 class Config(_Frozen):
     """The whole ``<rtp_cluster_config>``."""
 
     clusters: list[ClusterConfig]
+    http: EndpointValue | None = None  # <http>HOST:PORT</http>: the HTTP endpoint, off if unset
     session_store: str = "memory"  # <session_store>: memory, redis://, rediss://, unix://
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _http(cls, value: object) -> Endpoint | None:
+        given = values.optional(value)
+        return None if given is None else http_endpoint(given)
 
     @field_validator("session_store", mode="before")
     @classmethod

@@ -70,7 +70,8 @@ def parse_config(text: str | bytes, source: str = "<config>") -> Config:
     if root != ROOT:
         raise ConfigError(f"{source}: root element is <{root}>, expected <{ROOT}>")
     try:
-        top = _children(document[root], ROOT, ("rtp_cluster", "session_store"))
+        top = _children(document[root], ROOT, ("rtp_cluster", "http", "session_store"))
+        http = _text(top["http"], "http") if "http" in top else None
         session_store = None
         if "session_store" in top:
             session_store = _text(top["session_store"], "session_store")
@@ -79,7 +80,7 @@ def parse_config(text: str | bytes, source: str = "<config>") -> Config:
     clusters = [
         _cluster(node, position) for position, node in enumerate(top.get("rtp_cluster", []), 1)
     ]
-    return build_config(clusters, session_store)
+    return build_config(clusters, http, session_store)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -98,6 +99,8 @@ def dump_config(config: Config) -> str:
     differ from their defaults, so a plain cluster stays readable by the original.
     """
     top: dict[str, object] = {}
+    if config.http is not None:
+        top["http"] = config.http.address
     if config.session_store != Config.model_fields["session_store"].default:
         top["session_store"] = config.session_store
     top["rtp_cluster"] = [_cluster_tree(cluster) for cluster in config.clusters]

@@ -106,7 +106,14 @@ class RtpProxy:
         self.stop()
 
     def hang(self) -> None:
+        """SIGSTOP, and return once the kernel has stopped it.
+
+        kill(2) returns before the signal is acted on: on another core the member may
+        still answer a few commands sent right after. waitid(WSTOPPED) blocks until the
+        child is stopped; WNOWAIT leaves that state for nobody else to reap.
+        """
         os.kill(self.pid, signal.SIGSTOP)
+        os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOWAIT)
 
     def unhang(self) -> None:
         os.kill(self.pid, signal.SIGCONT)

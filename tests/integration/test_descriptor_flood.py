@@ -29,7 +29,11 @@ SEND_TIMEOUT = struct.pack("ll", 10, 0)  # struct timeval: 10 s
 
 def unix_command(path: Path, text: bytes) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
+        # Blocking with SO_SNDTIMEO/SO_RCVTIMEO, not settimeout(): a unix connect on a
+        # non-blocking socket fails with EAGAIN at once while the server still works
+        # through the flood in its backlog, where a blocking one waits its turn.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, SEND_TIMEOUT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, SEND_TIMEOUT)
         sock.connect(str(path))
         sock.sendall(text)
         chunks = []

@@ -246,6 +246,7 @@ class Cluster:
                     capacity=cfg.capacity,
                     status=str(member.status),
                     online=member.online,
+                    state=str(member.state),
                     active_sessions=member.load,
                     utilisation=member.utilisation,
                     rtt=member.client.rtt,

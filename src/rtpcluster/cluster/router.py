@@ -68,11 +68,6 @@ from rtpcluster.protocol import (
 if TYPE_CHECKING:
     from rtpcluster.config.models import ClusterConfig
 
-# A new call waits this share of member_timeout on one member before it is offered to
-# another (docs/routing.md): 0.3 s of the default 0.5 s, so a silent member delays a new
-# call by less than one member_timeout before the next member is asked.
-NEW_CALL_SHARE = 0.6
-
 TIMEOUT_REPLY = error_reply(E_MEMBER_TIMEOUT)
 _VERSION = Answer(PROTOCOL_VERSION + "\n")
 _NO_MEMBER = Answer(error_reply(E_NO_MEMBER))
@@ -100,7 +95,8 @@ class Router:
     def apply_settings(self, config: ClusterConfig) -> None:
         """Take the timers, the capacity limit and the relay of ``config`` from now on."""
         self.timeout = config.member_timeout
-        self.new_call_timeout = config.member_timeout * NEW_CALL_SHARE
+        # How long a new call waits on one member before it is offered to another.
+        self.new_call_timeout = config.effective_new_call_budget
         self._hard_limit = config.capacity_limit == "hard"
         self._relay = config.disconnect_notify
 

@@ -112,6 +112,8 @@ async def test_ls_in_every_form(rtpproxy: MemberFactory, tmp_path: Path) -> None
         single = json.loads("\n".join(await admin.ok("LS Supercluster#1 --JSON")))
         assert single["addresses"] == [listen]
         assert single["members"][0]["online"] is True
+        # the member state machine's state, beside the status and online flag of old
+        assert [(m["state"], m["status"]) for m in single["members"]] == [("online", "ACTIVE")] * 2
 
 
 async def test_errors_and_session_commands(rtpproxy: MemberFactory, tmp_path: Path) -> None:

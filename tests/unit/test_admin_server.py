@@ -22,8 +22,8 @@ from rtpcluster.admin.server import (
     serve_admin,
 )
 from rtpcluster.transport.endpoint import Kind
-from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import FakeControl
+from testsupport import free_port
 
 
 class LineClient:

@@ -140,13 +140,14 @@ class RtpProxy:
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig``; for SIGSTOP, return once the kernel has stopped it.
 
-        A signal is delivered after ``kill`` returns: without the wait, a command sent
-        right after a SIGSTOP may still be answered.
+        kill(2) returns before the signal is acted on: on another core the member may
+        still answer a few commands sent right after. waitid(WSTOPPED) blocks until the
+        child is stopped; WNOWAIT leaves that state for nobody else to reap.
         """
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, sig)
             if sig == signal.SIGSTOP:
-                os.waitpid(self.process.pid, os.WUNTRACED)  # reports the stop, reaps nothing
+                os.waitid(os.P_PID, self.process.pid, os.WSTOPPED | os.WNOWAIT)
 
     def hang(self) -> None:
         self.signal(signal.SIGSTOP)

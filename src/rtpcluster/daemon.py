@@ -13,12 +13,14 @@ needs to know.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import resource
 import select
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,51 @@ STARTUP_TIMEOUT = 60.0
 
 _READY = b"ready\n"
 
+PLAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Attributes a log call may pass as ``extra=`` to say which cluster, member or call a
+# line is about; the JSON format gives them their own keys.
+LOG_CONTEXT = ("cluster", "member", "call_id")
+
 
 class DaemonError(Exception):
     """The daemon cannot start; the message says why."""
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the context given.
+
+    ``time`` is UTC ISO 8601 with milliseconds; an exception's traceback goes into
+    ``exception`` as one string, so a record never spans lines.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in LOG_CONTEXT:
+            value = record.__dict__.get(key)
+            if value is not None:
+                document[key] = value if isinstance(value, int | float | bool) else str(value)
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            document["exception"] = record.exc_text
+        return json.dumps(document, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "plain") -> None:
+    """Send log records to stderr (the log file in daemon mode) in ``plain`` or ``json``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(PLAIN_LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
 
 
 def read_pid(path: str) -> int | None:

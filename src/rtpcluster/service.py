@@ -5,6 +5,8 @@
     root nursery
     ├── admin server
     ├── signal watcher      SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 reopen the log
+    ├── http server         optional (--http / <http>): metrics, JSON API, status page
+    ├── systemd notifier    READY/STATUS/WATCHDOG when run by systemd ($NOTIFY_SOCKET)
     └── cluster nursery per <rtp_cluster> (cancellable on its own)
 
 It is also the :class:`~rtpcluster.cluster.control.ServiceControl` the admin plane
@@ -27,6 +29,7 @@ from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
 from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
 from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
 from rtpcluster.failures import describe_failure
+from rtpcluster.sdnotify import Notifier, status_text
 from rtpcluster.transport.endpoint import Endpoint
 from rtpcluster.transport.listeners import (
     BoundSockets,
@@ -53,6 +56,8 @@ class ServeOptions:
     save_dirs: tuple[str, ...] = ()  # where admin `save PATH` may write; () the config's dir
     reopen_log: Callable[[], None] | None = None
     stop_grace: float = 2.0
+    http: Endpoint | None = None  # where the HTTP endpoint listens; None: off
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
 
 
 @dataclass
@@ -121,8 +126,17 @@ class Service:
                         self.options.admin_owner,
                     )
                 nursery.start_soon(self._watch_signals)
+                if self.options.http is not None:
+                    from rtpcluster.http.readings import ServiceStatus
+                    from rtpcluster.http.server import serve_http
+
+                    status = ServiceStatus(self)
+                    await nursery.start(serve_http, status, self.options.http, self.stopped.wait)
+                # Last: READY=1 goes out once every socket above is bound.
+                await nursery.start(self.options.notifier.run, self.status_text)
                 task_status.started(self)
                 await self.stopped.wait()
+                self.options.notifier.stopping()
                 await self._stop_clusters()
                 nursery.cancel_scope.cancel()
         finally:
@@ -279,6 +293,9 @@ class Service:
     def clusters(self) -> list[ClusterInfo]:
         return [c.info() for c in self.running.values()]
 
+    def status_text(self) -> str:
+        return status_text(self.clusters())
+
     def cluster(self, name: str) -> ClusterInfo:
         return self._cluster(name).info()
 
@@ -342,29 +359,43 @@ class Service:
         return Config(
             clusters=[
                 c.lasting_config() for c in self.running.values() if c.name not in self._leaving
-            ]
+            ],
+            http=self._config.http,
+            session_store=self._config.session_store,
         )
 
     async def reload(self, dry_run: bool = False) -> ReloadPlan:
         """Apply the config file as a whole, or refuse it and change nothing.
 
         A dry run makes the same checks, binding each new control socket for a moment.
+        A real one tells systemd RELOADING=1 when it starts and READY=1 when it ends,
+        refused or not: the service runs on either way.
         """
+        async with self._changing:
+            if dry_run:
+                return await self._reload(dry_run=True)
+            self.options.notifier.reloading()
+            try:
+                return await self._reload(dry_run=False)
+            finally:
+                self.options.notifier.ready(self.status_text())
+
+    async def _reload(self, dry_run: bool) -> ReloadPlan:
+        """:meth:`reload` under the change lock."""
         try:
             new = load_config(self.options.config_path)
         except ConfigError as exc:
             raise ControlError(f"reload failed, nothing changed: {exc}") from None
-        async with self._changing:
-            plan = plan_reload(self.running_config(), new)
+        plan = plan_reload(self.running_config(), new)
+        try:
+            prepared = await self._prepare(new)
             try:
-                prepared = await self._prepare(new)
-                try:
-                    if not dry_run:
-                        await self._apply(new, prepared)
-                finally:
-                    prepared.close()
-            except ControlError as exc:
-                raise ControlError(f"reload failed, nothing changed: {exc}") from None
+                if not dry_run:
+                    await self._apply(new, prepared)
+            finally:
+                prepared.close()
+        except ControlError as exc:
+            raise ControlError(f"reload failed, nothing changed: {exc}") from None
         return plan
 
     async def _apply(self, new: Config, prepared: _Prepared) -> None:

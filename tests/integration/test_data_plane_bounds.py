@@ -123,7 +123,7 @@ async def test_commands_in_flight_are_bounded_and_the_rest_dropped_unanswered(
             for n in range(100):
                 await client.send_raw(b"q%d L held 127.0.0.1 4002 f t" % n)
             replies = [await client.receive() for _ in range(16)]
-            assert all(reply.endswith(b" E997\n") for reply in replies)
+            assert all(reply.endswith(b" E997\n") for reply in replies), replies
             assert cluster.datagrams_refused == 84
             await _probe(client)  # the 84 others got nothing
         finally:

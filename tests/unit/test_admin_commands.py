@@ -5,13 +5,26 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from rtpcluster.admin.commands import run_command
-from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo, ReloadPlan
-from rtpcluster.config import ClusterConfig, Config, MemberConfig, load_config, parse_config
+from rtpcluster.cluster.control import (
+    ClusterInfo,
+    ControlError,
+    MemberInfo,
+    ReloadPlan,
+    ServiceControl,
+)
+from rtpcluster.config import (
+    ClusterConfig,
+    Config,
+    MemberChanges,
+    MemberConfig,
+    load_config,
+    parse_config,
+)
 
 CONFIG_XML = """<?xml version="1.0"?>
 <rtp_cluster_config>
@@ -106,6 +119,9 @@ class FakeControl:
 
     async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
         self._record("remove_member", cluster, member, timeout)
+
+    async def set_member(self, cluster: str, member: str, changes: MemberChanges) -> None:
+        self._record("set_member", cluster, member, changes)
 
     async def suspend_member(self, cluster: str, member: str) -> None:
         self._record("suspend_member", cluster, member)
@@ -367,6 +383,7 @@ async def test_help_lists_commands_and_modify_actions(control: FakeControl) -> N
         "ls [<cluster>] [--json]",
         "modify <cluster> <action> [ARGS...]",
         "modify <cluster> add KEY=VALUE[,KEY=VALUE...]",
+        "modify <cluster> set <member> KEY=VALUE[,KEY=VALUE...]",
         "modify <cluster> delete <member> [timeout=VALUE]",
         "modify <cluster> suspend <member>",
         "modify <cluster> resume <member>",
@@ -395,4 +412,144 @@ async def test_unexpected_failure_is_an_internal_error(control: FakeControl) -> 
     control.fail = ZeroDivisionError("division by zero")
     assert await run(control, "destroy c") == [
         "ERROR: internal error: ZeroDivisionError: division by zero"
+    ]
+
+
+# --- modify set, backup, and what ls shows of balancing ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "changes"),
+    [
+        ("weight=300", MemberChanges(weight=300)),
+        (
+            "weight=50,capacity=1000,backup=yes",
+            MemberChanges(weight=50, capacity=1000, backup=True),
+        ),
+        ("BACKUP=No", MemberChanges(backup=False)),
+        ("capacity=7, weight=1", MemberChanges(capacity=7, weight=1)),
+    ],
+)
+async def test_modify_set_changes_a_member(
+    control: FakeControl, fields: str, changes: MemberChanges
+) -> None:
+    assert await run(control, f"modify Supercluster#1 set RTPPROXY1 {fields}") == ["OK"]
+    assert control.calls == [("set_member", "Supercluster#1", "RTPPROXY1", changes)]
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (
+            "set RTPPROXY1 weight=0",
+            "cluster 'Supercluster#1', rtpproxy 'RTPPROXY1': <weight>: must be > 0, got '0'",
+        ),
+        (
+            "set RTPPROXY1 backup=maybe",
+            "cluster 'Supercluster#1', rtpproxy 'RTPPROXY1': <backup>: must be yes or no, "
+            "got 'maybe'",
+        ),
+        (
+            "set RTPPROXY1 capacity=lots",
+            "cluster 'Supercluster#1', rtpproxy 'RTPPROXY1': <capacity>: must be an integer, "
+            "got 'lots'",
+        ),
+        (
+            "set RTPPROXY1 address=1.2.3.4:5",
+            "cluster 'Supercluster#1', rtpproxy 'RTPPROXY1': 'address' cannot be set "
+            "(settable: weight, capacity, backup)",
+        ),
+        ("set RTPPROXY1 weight=1,weight=2", "field 'weight' given twice"),
+        ("set RTPPROXY1 weight", "set: unexpected argument: 'weight'"),
+        (
+            "set RTPPROXY1",
+            "set: missing KEY=VALUE[,KEY=VALUE...]; usage: set <member> KEY=VALUE[,KEY=VALUE...]",
+        ),
+        ("set weight=5", "set: missing <member>; usage: set <member> KEY=VALUE[,KEY=VALUE...]"),
+    ],
+)
+async def test_modify_set_refuses_bad_fields_in_one_line(
+    control: FakeControl, line: str, error: str
+) -> None:
+    assert await run(control, f"modify Supercluster#1 {line}") == [f"ERROR: {error}"]
+    assert control.calls == []
+
+
+async def test_modify_set_on_an_unknown_cluster_or_member(control: FakeControl) -> None:
+    assert await run(control, "modify nope set rp1 weight=1") == ["ERROR: nope: cluster not found"]
+    control.fail = ControlError("rp9: RTPproxy not found")
+    assert await run(control, "modify Supercluster#1 set rp9 weight=1") == [
+        "ERROR: rp9: RTPproxy not found"
+    ]
+
+
+class ControlWithoutLiveChanges:
+    """A service without set_member: the admin command checks for it, not assumes it."""
+
+    def __init__(self) -> None:
+        self.fake = FakeControl()
+
+    def cluster(self, name: str) -> ClusterInfo:
+        return self.fake.cluster(name)
+
+
+async def test_modify_set_against_a_service_without_live_changes() -> None:
+    control = ControlWithoutLiveChanges()
+    reply = await run_command(cast(ServiceControl, control), "modify Supercluster#1 set a weight=5")
+    assert reply.render() == ["ERROR: set: this service cannot change a member while it runs"]
+    assert control.fake.calls == []
+
+
+async def test_modify_add_takes_backup(control: FakeControl) -> None:
+    line = "modify Supercluster#1 add name=b1,protocol=udp,address=1.2.3.4:9,backup=YES"
+    assert await run(control, line) == ["OK"]
+    added = control.calls[0][2]
+    assert added.backup is True
+    line = "modify Supercluster#1 add name=b2,protocol=udp,address=1.2.3.4:8,backup=sometimes"
+    [error] = await run(control, line)
+    assert error == (
+        "ERROR: cluster 'Supercluster#1', rtpproxy 'b2': <backup>: must be yes or no, "
+        "got 'sometimes'"
+    )
+
+
+async def test_ls_shows_backup_ramp_and_hold_down_only_when_set(control: FakeControl) -> None:
+    control.infos[0].members = [
+        member("ramping", effective_weight=37.25, slow_start_left=8.04),
+        member("spare", backup=True, online=False, held_down_left=35.27),
+    ]
+    lines = await run(control, "ls Supercluster#1")
+    assert lines[lines.index("        name = ramping") :][:8] == [
+        "        name = ramping",
+        "        address = 127.0.0.1:22223",
+        "        protocol = udp",
+        "        weight = 100",
+        "        effective weight = 37.2 (slow start, 8.0 sec left)",
+        "        capacity = 4000",
+        "        state = online",
+        "        active sessions = 500",
+    ]
+    assert lines[lines.index("        name = spare") :][3:8] == [
+        "        weight = 100",
+        "        capacity = 4000",
+        "        backup = yes",
+        "        state = offline",
+        "        held down = 35.3 sec (flapping)",
+    ]
+    document = json.loads("\n".join((await run(control, "ls Supercluster#1 --json"))[:-1]))
+    spare = document["members"][1]
+    assert (spare["backup"], spare["held_down_left"], spare["effective_weight"]) == (
+        True,
+        35.27,
+        None,
+    )
+
+
+async def test_reload_prints_the_warnings_of_the_new_config(control: FakeControl) -> None:
+    control.plan.warnings = ["cluster 'c1': <member_timeout>: 2 s is above 0.9 s: ..."]
+    assert await run(control, "reload") == [
+        "add member c1/rp3",
+        "warning: cluster 'c1': <member_timeout>: 2 s is above 0.9 s: ...",
+        "Loaded 2 clusters and 5 RTP proxies",
+        "OK",
     ]

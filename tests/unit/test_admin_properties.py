@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from rtpcluster.admin.commands import run_command
 from rtpcluster.admin.registry import CommandError, parse_field_list
+from rtpcluster.config import MemberChanges
 from tests.unit.test_admin_commands import FakeControl
 
 KEYS = st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True)
@@ -43,6 +44,10 @@ WORDS = st.sampled_from(
         "c1",
         "timeout=5",
         "timeout=x",
+        "set",
+        "weight=5,backup=yes",
+        "capacity=0",
+        "backup=maybe",
         "name=a,protocol=udp,address=1.2.3.4:5",
         "address=udp:127.0.0.1:1",
         "x",
@@ -92,3 +97,42 @@ def test_every_line_gets_ok_or_error(
         assert last == "OK" or last.startswith("ERROR: ")
         assert "Traceback" not in "\n".join(rendered)
         assert not last.startswith("ERROR: internal error")
+
+
+def _calls_for(line: str) -> tuple[list[str], list[tuple[object, ...]]]:
+    control = FakeControl()
+
+    async def main() -> list[str]:
+        return (await run_command(control, line)).render()
+
+    return trio.run(main), control.calls
+
+
+@st.composite
+def set_fields(draw: st.DrawFn) -> tuple[str, MemberChanges]:
+    """``modify set`` fields in any order and case, and what they mean."""
+    wanted = {
+        "weight": draw(st.none() | st.integers(1, 10**6)),
+        "capacity": draw(st.none() | st.integers(1, 10**6)),
+        "backup": draw(st.none() | st.booleans()),
+    }
+    wanted = {key: value for key, value in wanted.items() if value is not None} or {"weight": 1}
+    texts = []
+    for key, value in wanted.items():
+        text = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+        key_case = draw(st.sampled_from([key, key.upper(), key.capitalize()]))
+        texts.append(f"{key_case}={draw(st.sampled_from([text, text.upper()]))}")
+    order = draw(st.permutations(texts))
+    separator = draw(st.sampled_from([",", ", "]))
+    return separator.join(order), MemberChanges.model_validate(wanted)
+
+
+@settings(max_examples=60, deadline=None)
+@given(set_fields())
+def test_modify_set_hands_exactly_the_given_changes_to_the_service(
+    case: tuple[str, MemberChanges],
+) -> None:
+    fields, changes = case
+    rendered, calls = _calls_for(f"modify Supercluster#1 set RTPPROXY1 {fields}")
+    assert rendered == ["OK"]
+    assert calls == [("set_member", "Supercluster#1", "RTPPROXY1", changes)]

@@ -61,7 +61,7 @@ def test_member_status_defaults_to_active() -> None:
             {"name": "rp2", "protocol": "udp", "address": "1.2.3.4", "speed": "1"},
             "cluster 'c1', rtpproxy 'rp2': unknown key 'speed' (known: name, protocol, "
             "address, weight, capacity, status, wan_address, lan_address, cmd_out_address, "
-            "rtp_port_min, rtp_port_max)",
+            "rtp_port_min, rtp_port_max, backup)",
         ),
         (
             {"protocol": "udp", "address": "1.2.3.4"},
@@ -130,7 +130,9 @@ def test_cluster_from_fields_with_protocol_and_address() -> None:
             "c",
             {"address": "udp:1.2.3.4", "port": "1"},
             "cluster 'c': unknown key 'port' (known: protocol, address, capacity_limit, "
-            "heartbeat_interval, offline_probe_interval, member_timeout, session_idle_timeout)",
+            "heartbeat_interval, offline_probe_interval, member_timeout, new_call_budget, "
+            "session_idle_timeout, slow_start, flap_window, hold_down, hold_down_max, rise, "
+            "fall, flap_limit)",
         ),
         (
             "c",

@@ -439,6 +439,8 @@ def test_main_example_shows_the_promised_setup() -> None:
     assert any(member.wan_address and member.lan_address for member in main.members)
     assert strict.capacity_limit is CapacityLimit.HARD
     assert strict.disconnect_notify is not None
+    assert [member.name for member in main.members if member.backup] == ["rtpp-spare"]
+    assert (main.slow_start, main.new_call_budget, main.rise, main.fall) == (30.0, 0.3, 2, 2)
 
 
 def test_embedded_example_is_the_quick_start() -> None:
@@ -474,6 +476,8 @@ def test_dump_writes_original_elements_and_omits_our_defaults() -> None:
         assert element in text
     for absent in ("heartbeat_interval", "member_timeout", "wan_address", "rtp_port_min"):
         assert absent not in text
+    for absent in ("new_call_budget", "rise", "fall", "slow_start", "flap", "hold_down", "backup"):
+        assert absent not in text
 
 
 def test_dump_writes_changed_timers() -> None:
@@ -501,7 +505,7 @@ def test_save_config_into_a_missing_directory_fails_cleanly(tmp_path: Path) -> N
 
 def test_summary_lists_clusters_listeners_and_members() -> None:
     text = summary(load_config(EXAMPLES / "rtp_cluster.xml"))
-    assert text.splitlines()[0] == "2 cluster(s), 5 rtpproxy member(s)"
+    assert text.splitlines()[0] == "2 cluster(s), 6 rtpproxy member(s)"
     assert "cluster main" in text
     assert "  listen: udp:127.0.0.1:22222, unix:/var/run/rtpcluster.sock" in text
     assert "  rtpproxy rtpp2: udp 127.0.0.1:22302 weight=200 capacity=8000 status=ACTIVE" in text

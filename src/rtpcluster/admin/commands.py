@@ -12,7 +12,6 @@ by status.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Annotated
@@ -30,8 +29,22 @@ from rtpcluster.admin.registry import (
     Rest,
     unique_fields,
 )
-from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo, ServiceControl
-from rtpcluster.config import ConfigError, cluster_from_fields, dump_config, member_from_fields
+from rtpcluster.cluster.control import (
+    ClusterInfo,
+    ControlError,
+    MemberInfo,
+    MemberSettingsControl,
+    ServiceControl,
+    cluster_document,
+    clusters_document,
+)
+from rtpcluster.config import (
+    ConfigError,
+    cluster_from_fields,
+    dump_config,
+    member_changes_from_fields,
+    member_from_fields,
+)
 from rtpcluster.config.models import drain_timeout
 
 
@@ -85,6 +98,11 @@ class MemberArgs(_Args):
 class RemoveArgs(_Args):
     member: str
     timeout: Annotated[float | None, Option(), pydantic.BeforeValidator(drain_timeout)] = None
+
+
+class SetArgs(_Args):
+    member: str
+    fields: Annotated[list[tuple[str, str]], FieldList()]
 
 
 class FieldsArgs(_Args):
@@ -147,10 +165,17 @@ def member_block(index: int, member: MemberInfo) -> list[str]:
         if value:
             lines.append(f"        {label} = {value}")
     rtt = "n/a" if member.rtt is None else f"{member.rtt:.6f} sec"
+    lines.append(f"        weight = {member.weight}")
+    if member.effective_weight is not None:
+        left = "" if member.slow_start_left is None else f", {member.slow_start_left:.1f} sec left"
+        lines.append(f"        effective weight = {member.effective_weight:.1f} (slow start{left})")
+    lines.append(f"        capacity = {member.capacity}")
+    if member.backup:
+        lines.append("        backup = yes")
+    lines.append(f"        state = {'online' if member.online else 'offline'}")
+    if member.held_down_left is not None:
+        lines.append(f"        held down = {member.held_down_left:.1f} sec (flapping)")
     lines += [
-        f"        weight = {member.weight}",
-        f"        capacity = {member.capacity}",
-        f"        state = {'online' if member.online else 'offline'}",
         f"        active sessions = {member.active_sessions}",
         f"        capacity utilization = {member.utilisation * 100:.2f}%",
         f"        average rtpc delay = {rtt}",
@@ -184,11 +209,11 @@ async def ls(ctx: AdminContext, args: LsArgs) -> Reply:
     if args.cluster is None:
         clusters = ctx.control.clusters()
         if args.as_json:
-            return Reply(_json_lines({"clusters": [dataclasses.asdict(c) for c in clusters]}))
+            return Reply(_json_lines(clusters_document(clusters)))
         return Reply([line for info in clusters for line in cluster_summary(info)])
     info = ctx.control.cluster(args.cluster)
     if args.as_json:
-        return Reply(_json_lines(dataclasses.asdict(info)))
+        return Reply(_json_lines(cluster_document(info)))
     return Reply(cluster_detail(info))
 
 
@@ -208,13 +233,28 @@ async def modify(ctx: AdminContext, args: ModifyArgs) -> Reply:
     "add",
     args=FieldsArgs,
     help="add a member: name, protocol, address, capacity, weight "
-    "[, status, wan_address, lan_address, cmd_out_address]",
+    "[, status, backup=yes|no, wan_address, lan_address, cmd_out_address]",
 )
 async def modify_add(ctx: ModifyContext, args: FieldsArgs) -> Reply:
     fields = unique_fields(args.fields)
     info = ctx.control.cluster(ctx.cluster)
     member = member_from_fields(fields, info.name)
     await ctx.control.add_member(info.name, member)
+    return Reply()
+
+
+@MODIFY.command(
+    "set",
+    args=SetArgs,
+    help="change a member at once, keeping its calls: weight=N[,capacity=M][,backup=yes|no]",
+)
+async def modify_set(ctx: ModifyContext, args: SetArgs) -> Reply:
+    info = ctx.control.cluster(ctx.cluster)
+    changes = member_changes_from_fields(unique_fields(args.fields), info.name, args.member)
+    control = ctx.control
+    if not isinstance(control, MemberSettingsControl):
+        raise ControlError("set: this service cannot change a member while it runs")
+    await control.set_member(info.name, args.member, changes)
     return Reply()
 
 
@@ -247,7 +287,8 @@ async def modify_resume(ctx: ModifyContext, args: MemberArgs) -> Reply:
 @ADMIN.command(
     "create",
     args=CreateArgs,
-    help="create a cluster: address=KIND:ADDR [, capacity_limit=soft|hard, <timer>=SECONDS]",
+    help="create a cluster: address=KIND:ADDR [, capacity_limit=soft|hard, <timer>=SECONDS, "
+    "rise|fall|flap_limit=N]",
 )
 async def create(ctx: AdminContext, args: CreateArgs) -> Reply:
     cluster = cluster_from_fields(args.cluster, unique_fields(args.fields))
@@ -265,9 +306,10 @@ async def destroy(ctx: AdminContext, args: ClusterArgs) -> Reply:
 async def reload(ctx: AdminContext, args: ReloadArgs) -> Reply:
     plan = await ctx.control.reload(dry_run=args.dry_run)
     totals = f"{plan.clusters} clusters and {plan.members} RTP proxies"
+    warnings = [f"warning: {warning}" for warning in plan.warnings]
     if args.dry_run:
-        return Reply([*plan.changes, f"Would load {totals} (dry run, nothing changed)"])
-    return Reply([*plan.changes, f"Loaded {totals}"])
+        return Reply([*plan.changes, *warnings, f"Would load {totals} (dry run, nothing changed)"])
+    return Reply([*plan.changes, *warnings, f"Loaded {totals}"])
 
 
 @ADMIN.command(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -35,17 +34,21 @@ from rtpcluster.daemon import (
     DEFAULT_PIDFILE,
     Daemon,
     DaemonError,
+    configure_logging,
     raise_descriptor_limit,
 )
 
 if TYPE_CHECKING:
     from rtpcluster.config import Config
     from rtpcluster.service import ServeOptions
+    from rtpcluster.transport.endpoint import Endpoint
 
 DEFAULT_CONFIG = "/usr/local/etc/rtp_cluster.xml"
 EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Where `ctl` looks for the admin socket when not told: the systemd unit's place first
+# (its RuntimeDirectory), then the original RTP Cluster's default.
+CTL_SOCKETS = ("/run/rtpcluster/rtpcluster.sock", DEFAULT_ADMIN_SOCKET)
 
 app = typer.Typer(
     name="rtpcluster",
@@ -64,6 +67,38 @@ class LogLevel(StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    PLAIN = "plain"
+    JSON = "json"
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("rtpcluster")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        from rtpcluster import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"rtpcluster {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """Load balancer for RTPproxy media relays."""
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -96,19 +131,39 @@ def _startup_failure(error: BaseException) -> str | None:
     from rtpcluster.cluster.control import ControlError
     from rtpcluster.config import ConfigError
     from rtpcluster.failures import describe_failure, primary_error
+    from rtpcluster.http.server import HttpEndpointError
 
-    expected = (AdminSocketError, ConfigError, ControlError, DaemonError, OSError)
+    expected = (
+        AdminSocketError,
+        ConfigError,
+        ControlError,
+        DaemonError,
+        HttpEndpointError,
+        OSError,
+    )
     if isinstance(primary_error(error), expected):
         return describe_failure(error)
     return None
 
 
-def _run_foreground(config: Config, options: ServeOptions, level: LogLevel) -> None:
+def _log_warnings(config: Config) -> None:
+    """What ``--check`` warns about, in the log once logging is set up."""
+    from rtpcluster.config import config_warnings
+
+    log = logging.getLogger("rtpcluster")
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
+
+
+def _run_foreground(
+    config: Config, options: ServeOptions, level: LogLevel, log_format: LogFormat
+) -> None:
     import trio
 
     from rtpcluster.service import run_service
 
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(level, log_format)
+    _log_warnings(config)
     raise_descriptor_limit()
     try:
         trio.run(run_service, config, options)
@@ -119,7 +174,13 @@ def _run_foreground(config: Config, options: ServeOptions, level: LogLevel) -> N
         _fail(reason, EXIT_REFUSED)
 
 
-def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: LogLevel) -> None:
+def _run_daemon(
+    config: Config,
+    options: ServeOptions,
+    daemon: Daemon,
+    level: LogLevel,
+    log_format: LogFormat,
+) -> None:
     import trio
 
     from rtpcluster.failures import describe_failure, primary_error
@@ -130,8 +191,9 @@ def _run_daemon(config: Config, options: ServeOptions, daemon: Daemon, level: Lo
     except DaemonError as err:
         _fail(str(err), EXIT_REFUSED)
     daemon.detach()  # only the detached process comes back
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(level, log_format)
     log = logging.getLogger("rtpcluster")
+    _log_warnings(config)
     options.reopen_log = daemon.reopen_log
     raise_descriptor_limit()
 
@@ -181,6 +243,14 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", case_sensitive=False, help="logging threshold")
     ] = LogLevel.INFO,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", case_sensitive=False, help="plain, or json (one per line)"),
+    ] = LogFormat.PLAIN,
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="serve metrics, the JSON API and the status page on HOST:PORT"),
+    ] = None,
     admin_token_file: Annotated[
         str | None,
         typer.Option(
@@ -201,9 +271,11 @@ def serve(
     """Run the cluster service (a daemon unless --foreground)."""
     cfg = _load(config)
     if check:
-        from rtpcluster.config import summary
+        from rtpcluster.config import config_warnings, summary
 
         typer.echo(summary(cfg), nl=False)
+        for warning in config_warnings(cfg):
+            typer.echo(f"rtpcluster: warning: {warning}", err=True)
         return
     try:
         spec = _absolute_admin_spec(admin_socket)
@@ -215,6 +287,7 @@ def serve(
     except (AdminSocketError, TokenFileError, ValueError) as err:
         _fail(str(err), EXIT_BAD_INPUT)
 
+    from rtpcluster.sdnotify import Notifier
     from rtpcluster.service import ServeOptions
 
     options = ServeOptions(
@@ -223,20 +296,32 @@ def serve(
         admin_owner=owner or None,
         admin_token_file=os.path.abspath(admin_token_file) if admin_token_file else None,
         save_dirs=tuple(os.path.abspath(directory) for directory in save_dirs or []),
+        http=_http_endpoint(http) if http else cfg.http,
+        notifier=Notifier.from_environment(),
     )
     if foreground:
-        _run_foreground(cfg, options, log_level)
+        _run_foreground(cfg, options, log_level, log_format)
     else:
         daemon = Daemon(pidfile=os.path.abspath(pidfile), logfile=os.path.abspath(logfile))
-        _run_daemon(cfg, options, daemon, log_level)
+        _run_daemon(cfg, options, daemon, log_level, log_format)
+
+
+def _http_endpoint(text: str) -> Endpoint:
+    """``--http`` (it wins over ``<http>``), checked like the XML element."""
+    from rtpcluster.config.models import http_endpoint
+
+    try:
+        return http_endpoint(text)
+    except ValueError as err:
+        _fail(f"--http: {err}", EXIT_BAD_INPUT)
 
 
 # --- ctl --------------------------------------------------------------------------
 
 
 class _CtlTarget:
-    def __init__(self, socket: str, timeout: float, token: str | None) -> None:
-        self.socket = socket
+    def __init__(self, sockets: tuple[str, ...], timeout: float, token: str | None) -> None:
+        self.sockets = sockets  # tried in order until one accepts the connection
         self.timeout = timeout
         self.token = token
 
@@ -245,9 +330,15 @@ class _CtlTarget:
 def ctl(
     ctx: typer.Context,
     socket: Annotated[
-        str,
-        typer.Option("--socket", "-s", "--admin-socket", help="admin socket of the service"),
-    ] = DEFAULT_ADMIN_SOCKET,
+        str | None,
+        typer.Option(
+            "--socket",
+            "-s",
+            "--admin-socket",
+            help=f"admin socket of the service (default: {', then '.join(CTL_SOCKETS)})",
+            show_default=False,
+        ),
+    ] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", "-t", help="seconds to wait for the whole reply")
     ] = DEFAULT_TIMEOUT,
@@ -264,19 +355,38 @@ def ctl(
         token = read_token_file(token_file) if token_file else None
     except TokenFileError as err:
         _fail(str(err), EXIT_BAD_INPUT)
-    ctx.obj = _CtlTarget(socket, timeout, token)
+    ctx.obj = _CtlTarget((socket,) if socket else CTL_SOCKETS, timeout, token)
 
 
-def _send(ctx: typer.Context, *words: str) -> NoReturn:
-    """Send one command line, print the reply, exit 0 on OK and 1 on ERROR."""
-    target: _CtlTarget = ctx.obj
+def _exchange(target: _CtlTarget, line: str) -> tuple[list[str], bool]:
+    """Send to the first socket that accepts the connection; exit 2 when none does."""
+    errors = []
+    for socket in target.sockets:
+        try:
+            return send_command(socket, line, target.timeout, target.token)
+        except AdminConnectError as err:
+            errors.append(str(err))
+        except AdminTimeoutError as err:  # it may have acted: never retry elsewhere
+            _fail(str(err), EXIT_BAD_INPUT)
+    _fail("; ".join(errors), EXIT_BAD_INPUT)
+
+
+def _send(ctx: typer.Context, *words: str, as_json: bool = False) -> NoReturn:
+    """Send one command line, print the reply, exit 0 on OK and 1 on ERROR.
+
+    With ``as_json`` stdout gets the JSON document alone (no ``OK``), so it pipes into
+    ``jq``; an ``ERROR`` goes to stderr.
+    """
     line = " ".join(word for word in words if word)
-    try:
-        lines, ok = send_command(target.socket, line, target.timeout, target.token)
-    except (AdminConnectError, AdminTimeoutError) as err:
-        _fail(str(err), EXIT_BAD_INPUT)
-    for reply_line in lines:
-        typer.echo(reply_line)
+    lines, ok = _exchange(ctx.obj, line)
+    if as_json:
+        if ok:
+            typer.echo("\n".join(lines[:-1]))
+        else:
+            typer.echo("\n".join(lines), err=True)
+    else:
+        for reply_line in lines:
+            typer.echo(reply_line)
     raise typer.Exit(0 if ok else EXIT_REFUSED)
 
 
@@ -287,7 +397,7 @@ def ctl_ls(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
 ) -> None:
     """List the clusters, or the members of one cluster."""
-    _send(ctx, "ls", cluster or "", "--json" if as_json else "")
+    _send(ctx, "ls", cluster or "", "--json" if as_json else "", as_json=as_json)
 
 
 @ctl_app.command("modify")
@@ -338,6 +448,12 @@ def ctl_save(
 ) -> None:
     """Write the running configuration to a file."""
     _send(ctx, "save", path or "")
+
+
+@ctl_app.command("help")
+def ctl_help(ctx: typer.Context) -> None:
+    """Show the admin commands the service understands."""
+    _send(ctx, "help")
 
 
 @ctl_app.command("raw")

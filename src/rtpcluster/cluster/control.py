@@ -6,11 +6,12 @@ talks to this protocol, so admin code never reaches into cluster internals.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from rtpcluster.config.models import ClusterConfig, Config, MemberConfig
+    from rtpcluster.config.models import ClusterConfig, Config, MemberChanges, MemberConfig
 
 
 class ControlError(Exception):
@@ -36,6 +37,20 @@ class MemberInfo:
     drain_deadline: float | None = None  # seconds left until a forced removal
     deferred_deletes: int = 0  # deletes kept for delivery when it answers again
     deferred_dropped: int = 0  # deletes not kept because its queue was full
+    backup: bool = False  # takes new calls only when no other member can
+    # While it ramps up after coming online (slow start): the weight in effect now and
+    # the seconds until it has its full weight; None when it has its full weight.
+    effective_weight: float | None = None
+    slow_start_left: float | None = None
+    # Taken out for flapping: seconds until it may come back (after rise good answers);
+    # None when it is not held down.
+    held_down_left: float | None = None
+    # From the member's counters; None until the executors count (issue 10).
+    state: str | None = None  # probing, online, offline, draining, removed
+    commands: dict[str, int] | None = None  # commands forwarded, by result: ok/error/timeout
+    state_changes: int | None = None  # online/offline changes since it was added
+    last_change_age: float | None = None  # seconds since the last of them
+    downtime: float | None = None  # seconds offline since it was added
 
 
 @dataclass(slots=True)
@@ -47,6 +62,16 @@ class ClusterInfo:
     members: list[MemberInfo] = field(default_factory=list)
 
 
+def cluster_document(info: ClusterInfo) -> dict[str, Any]:
+    """One cluster as JSON data: ``ls <cluster> --json`` and ``/api/v1/clusters/<name>``."""
+    return dataclasses.asdict(info)
+
+
+def clusters_document(infos: list[ClusterInfo]) -> dict[str, Any]:
+    """Every cluster as JSON data: ``ls --json`` and ``/api/v1/clusters``."""
+    return {"clusters": [cluster_document(info) for info in infos]}
+
+
 @dataclass(slots=True)
 class ReloadPlan:
     """What a reload does (or would do, with --dry-run): one line per change."""
@@ -54,6 +79,7 @@ class ReloadPlan:
     changes: list[str]
     clusters: int  # clusters in the new config
     members: int  # members in the new config
+    warnings: list[str] = field(default_factory=list)  # config_warnings of the new config
 
 
 class ServiceControl(Protocol):
@@ -91,3 +117,22 @@ class ServiceControl(Protocol):
 
     @property
     def config_path(self) -> str: ...
+
+
+@runtime_checkable
+class MemberSettingsControl(Protocol):
+    """The live member changes of ``modify <cluster> set``: a service offers them or not.
+
+    Kept apart from :class:`ServiceControl` until the service implements it; then it
+    becomes one more method there and the admin command stops asking.
+    """
+
+    async def set_member(self, cluster: str, member: str, changes: MemberChanges) -> None:
+        """Change weight, capacity or backup of a running member, at once.
+
+        Its connection, health state and calls stay as they are; the next new call is
+        placed by the new values, and ``running_config`` (so ``save``) holds them. Raise
+        ControlError('<cluster>: cluster not found') or ControlError('<member>: RTPproxy
+        not found'); ``changes`` was validated when it was built.
+        """
+        ...

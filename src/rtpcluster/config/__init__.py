@@ -1,6 +1,11 @@
 """The XML configuration: typed models, reading, writing and admin-side builders."""
 
-from rtpcluster.config.build import cluster_from_fields, member_from_fields
+from rtpcluster.config.advice import config_warnings
+from rtpcluster.config.build import (
+    cluster_from_fields,
+    member_changes_from_fields,
+    member_from_fields,
+)
 from rtpcluster.config.errors import ConfigError
 from rtpcluster.config.models import (
     CapacityLimit,
@@ -8,6 +13,7 @@ from rtpcluster.config.models import (
     Config,
     DisconnectNotify,
     ListenOptions,
+    MemberChanges,
     MemberConfig,
     MemberProtocol,
     MemberStatus,
@@ -22,12 +28,15 @@ __all__ = [
     "ConfigError",
     "DisconnectNotify",
     "ListenOptions",
+    "MemberChanges",
     "MemberConfig",
     "MemberProtocol",
     "MemberStatus",
     "cluster_from_fields",
+    "config_warnings",
     "dump_config",
     "load_config",
+    "member_changes_from_fields",
     "member_from_fields",
     "parse_config",
     "save_config",

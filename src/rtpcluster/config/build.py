@@ -20,6 +20,7 @@ from rtpcluster.config.models import (
     Config,
     DisconnectNotify,
     ListenOptions,
+    MemberChanges,
     MemberConfig,
 )
 from rtpcluster.transport.endpoint import Endpoint, EndpointError, Kind
@@ -33,10 +34,22 @@ CLUSTER_TIMERS = (
     "heartbeat_interval",
     "offline_probe_interval",
     "member_timeout",
+    "new_call_budget",
     "session_idle_timeout",
+    "slow_start",
+    "flap_window",
+    "hold_down",
+    "hold_down_max",
 )
-CLUSTER_KEYS = ("protocol", "address", "capacity_limit", *CLUSTER_TIMERS)
+"""The elements of ``<rtp_cluster>`` that hold seconds (see ``TIMER_BOUNDS``)."""
+CLUSTER_COUNTS = ("rise", "fall", "flap_limit")
+"""The elements of ``<rtp_cluster>`` that hold whole numbers (see ``COUNT_BOUNDS``)."""
+CLUSTER_SETTINGS = (*CLUSTER_TIMERS, *CLUSTER_COUNTS)
+"""Elements of ``<rtp_cluster>`` holding one number each, changeable without a restart."""
+CLUSTER_KEYS = ("protocol", "address", "capacity_limit", *CLUSTER_SETTINGS)
 """Keys of ``cluster_from_fields``."""
+MEMBER_CHANGE_KEYS = tuple(MemberChanges.model_fields)
+"""Keys of ``member_changes_from_fields``: what ``modify <cluster> set`` may change."""
 
 
 def validated(model: type[ModelT], data: Mapping[str, object], context: str) -> ModelT:
@@ -69,11 +82,27 @@ def member_from_fields(fields: Mapping[str, str], cluster: str = "?") -> MemberC
     return validated(MemberConfig, fields, context)
 
 
+def member_changes_from_fields(
+    fields: Mapping[str, str], cluster: str, member: str
+) -> MemberChanges:
+    """What ``modify <cluster> set <member> k=v,...`` changes, read like the elements.
+
+    Raises ConfigError naming the cluster, member and element (or the unknown key).
+    """
+    context = member_context(f"cluster {cluster!r}", member)
+    for key in fields:
+        if key not in MEMBER_CHANGE_KEYS:
+            known = ", ".join(MEMBER_CHANGE_KEYS)
+            raise ConfigError(f"{context}: {key!r} cannot be set (settable: {known})")
+    return validated(MemberChanges, fields, context)
+
+
 def cluster_from_fields(name: str, fields: Mapping[str, str]) -> ClusterConfig:
     """A member-less cluster from ``key -> text``, for the admin ``create`` command.
 
     ``address`` is a full endpoint spec (``udp:127.0.0.1:22222``), or a bare address
-    with ``protocol`` as in the XML; ``capacity_limit`` and the timers are optional.
+    with ``protocol`` as in the XML; ``capacity_limit``, the timers and the counts
+    (``rise``, ``fall``, ``flap_limit``) are optional.
     """
     context = f"cluster {name.strip()!r}"
     for key in fields:
@@ -87,7 +116,7 @@ def cluster_from_fields(name: str, fields: Mapping[str, str]) -> ClusterConfig:
         listen=(),
         capacity_limit=fields.get("capacity_limit"),
         disconnect_notify=None,
-        timers={key: fields[key] for key in CLUSTER_TIMERS if key in fields},
+        settings={key: fields[key] for key in CLUSTER_SETTINGS if key in fields},
         members=(),
     )
 
@@ -101,13 +130,14 @@ def build_cluster(
     listen: Sequence[str],
     capacity_limit: str | None,
     disconnect_notify: DisconnectNotify | None,
-    timers: Mapping[str, str],
+    settings: Mapping[str, str],
     members: Sequence[MemberConfig],
     listen_options: Mapping[str, ListenOptions] | None = None,
 ) -> ClusterConfig:
     """Assemble a cluster: ``protocol``+``address`` become the first listener.
 
-    ``listen_options`` holds the attributes of ``<listen>`` elements, by their text.
+    ``settings`` holds the texts of the timer and count elements (``CLUSTER_SETTINGS``);
+    ``listen_options`` the attributes of ``<listen>`` elements, by their text.
     """
     try:
         endpoints = [_listener(text) for text in listen]
@@ -117,7 +147,7 @@ def build_cluster(
     data: dict[str, object] = {
         "listen": [primary, *endpoints] if primary else endpoints,
         "members": list(members),
-        **timers,
+        **settings,
     }
     if listen_options:
         data["listen_options"] = dict(listen_options)
@@ -130,8 +160,15 @@ def build_cluster(
     return validated(ClusterConfig, data, context)
 
 
-def build_config(clusters: Sequence[ClusterConfig]) -> Config:
-    return validated(Config, {"clusters": list(clusters)}, "")
+def build_config(
+    clusters: Sequence[ClusterConfig],
+    http: str | None = None,
+    session_store: str | None = None,
+) -> Config:
+    data: dict[str, object] = {"clusters": list(clusters), "http": http}
+    if session_store is not None:
+        data["session_store"] = session_store
+    return validated(Config, data, "")
 
 
 def capacity_limit_type(value: object) -> str:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rtpcluster.config import values
+from rtpcluster.store.url import StoreUrlError, parse_store_url
 from rtpcluster.transport.endpoint import Endpoint, Kind
 
 EndpointValue = Annotated[
@@ -60,8 +61,51 @@ TIMER_BOUNDS: Mapping[str, tuple[float, float]] = {
     # between re-INVITEs would be forgotten all the time; above a day the table keeps
     # calls that every member has long dropped.
     "session_idle_timeout": (60.0, 86400.0),
+    # How long a new call waits on the member it was placed on before it is placed on
+    # another one. The same floor as member_timeout (a lost datagram must be resent at
+    # least once); it must also stay below member_timeout (checked with it, below).
+    "new_call_budget": (0.05, 10.0),
+    # Slow start: 0 is off. Above an hour a recovered member would stay under-used
+    # through a whole busy hour, and by then its heartbeat load figures steer it anyway.
+    "slow_start": (0.0, 3600.0),
+    # Flap damping. A flap (out, then back) takes at least fall heartbeats and rise
+    # probes: below 1 s no member can flap twice in a window. Above an hour a member
+    # its operator restarts a few times a day would be held down.
+    "flap_window": (1.0, 3600.0),
+    # The first hold-down. Below 1 s it holds nothing (an offline member is probed only
+    # every offline_probe_interval, 2 s by default); above an hour a member that was
+    # fixed waits for an operator.
+    "hold_down": (1.0, 3600.0),
+    # Where the doubling hold-down stops (not below hold_down, checked below): a day.
+    "hold_down_max": (1.0, 86400.0),
 }
 """Lowest and highest accepted value, in seconds, of each timer of ``<rtp_cluster>``."""
+
+COUNT_BOUNDS: Mapping[str, tuple[int, int]] = {
+    # Good heartbeats (probes, for an offline member) in a row before a member that was
+    # taken out takes calls again. More than ten is better left to the flap damping.
+    "rise": (1, 10),
+    # Failed heartbeats or commands in a row before an online member is taken out. 1
+    # takes it out for one lost answer; above ten a dead member without traffic stays
+    # listed online for over ten heartbeat intervals.
+    "fall": (1, 10),
+    # Times out within flap_window that hold a member down; 0 turns damping off. Past
+    # 100 in one window it would never trigger at the timers' own bounds.
+    "flap_limit": (0, 100),
+}
+"""Lowest and highest accepted value of each whole-number setting of ``<rtp_cluster>``."""
+
+NEW_CALL_SHARE = 0.6
+"""Without ``<new_call_budget>``, a new call waits this share of ``member_timeout`` on
+one member (0.3 s of the default 0.5 s) before it is placed on another."""
+
+SLOW_TIMER_WARNING = 0.9
+"""Seconds of member_timeout or new-call budget above which ``--check`` and the log warn.
+
+Kamailio's and OpenSIPS's rtpproxy modules send a command again after 1 s without an
+answer (``rtpproxy_tout``). A member wait close to that leaves the first copy too little
+time to fail over and answer before the second one arrives, and a new call whose budget
+runs past it is answered after the SIP server has already sent it again."""
 
 DRAIN_TIMEOUT_BOUNDS = (0.0, 86400.0)
 """``modify <cluster> delete <member> timeout=S``: 0 removes it at the next upkeep
@@ -112,9 +156,11 @@ class MemberConfig(_Frozen):
     cmd_out_address: str | None = None
     rtp_port_min: int | None = None
     rtp_port_max: int | None = None
+    backup: bool = False  # takes new calls only when no other member can
 
     _name = field_validator("name", mode="before")(values.name)
     _weight = field_validator("weight", "capacity", mode="before")(values.positive_integer)
+    _backup = field_validator("backup", mode="before")(values.yes_no)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -170,6 +216,44 @@ class MemberConfig(_Frozen):
                 f"<rtp_port_min>: must not be above <rtp_port_max> {given[1]}, got {given[0]}"
             )
         return self
+
+
+class MemberChanges(_Frozen):
+    """``modify <cluster> set <member> weight=N,capacity=M,backup=yes|no``: what to change.
+
+    Exactly these three settings can change on a running member without touching its
+    connection or its calls; a field left None stays as it is. Values are read like the
+    ``<rtpproxy>`` elements of the same name.
+    """
+
+    weight: int | None = None
+    capacity: int | None = None
+    backup: bool | None = None
+
+    @field_validator("weight", "capacity", mode="before")
+    @classmethod
+    def _positive(cls, value: object) -> int | None:
+        return None if value is None else values.positive_integer(value)
+
+    @field_validator("backup", mode="before")
+    @classmethod
+    def _backup(cls, value: object) -> bool | None:
+        return None if value is None else values.yes_no(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> MemberChanges:
+        if self.weight is None and self.capacity is None and self.backup is None:
+            raise ValueError("nothing to change: give weight, capacity or backup")
+        return self
+
+    def given(self) -> dict[str, object]:
+        """The fields to change, by name (those left None are not in it)."""
+        return {key: value for key, value in self if value is not None}
+
+    def apply(self, member: MemberConfig) -> MemberConfig:
+        """``member`` with these changes; the same object when nothing differs."""
+        changed = {k: v for k, v in self.given().items() if getattr(member, k) != v}
+        return member.model_copy(update=changed) if changed else member
 
 
 class DisconnectNotify(_Frozen):
@@ -253,6 +337,23 @@ class ClusterConfig(_Frozen):
     offline_probe_interval: float = 2.0
     member_timeout: float = 0.5  # budget of one command to a member, retransmits included
     session_idle_timeout: float = 3600.0  # forget a call-id with no command for this long
+    # How long a new call waits on one member before it is placed on another; None:
+    # NEW_CALL_SHARE of member_timeout (see effective_new_call_budget).
+    new_call_budget: float | None = None
+    rise: int = 2  # good answers in a row before a member taken out takes calls again
+    fall: int = 2  # failures in a row (heartbeats or commands) that take a member out
+    slow_start: float = 0.0  # seconds over which a member back online ramps up; 0: off
+    # Flap damping: a member taken out flap_limit times within flap_window seconds is
+    # held out for hold_down seconds, doubled at each further hold up to hold_down_max.
+    # 5 in 60 s: at the default timers one flap takes at least about 4 s (2 heartbeats
+    # to go, 2 probes to come back), so 5 in a minute is a member failing every 12 s or
+    # faster, while a restart or a network blip (one or two flaps) is never held.
+    # 10 s doubling to 5 min: 10, 20, 40, 80, 160, 300 s: a hopeless member costs a few
+    # failed commands per 5 minutes; a repaired one is back within 5 minutes unaided.
+    flap_limit: int = 5
+    flap_window: float = 60.0
+    hold_down: float = 10.0
+    hold_down_max: float = 300.0
     # <listen> attributes by str(endpoint); listeners without any are left out.
     listen_options: dict[str, ListenOptions] = Field(default_factory=dict)
 
@@ -260,9 +361,24 @@ class ClusterConfig(_Frozen):
 
     @field_validator(*TIMER_BOUNDS, mode="before")
     @classmethod
-    def _timer(cls, value: object, info: ValidationInfo) -> float:
+    def _timer(cls, value: object, info: ValidationInfo) -> float | None:
         assert info.field_name is not None
+        if info.field_name == "new_call_budget" and values.optional(value) is None:
+            return None  # <new_call_budget/>: the share of member_timeout
         return values.seconds(value, *TIMER_BOUNDS[info.field_name])
+
+    @field_validator(*COUNT_BOUNDS, mode="before")
+    @classmethod
+    def _count(cls, value: object, info: ValidationInfo) -> int:
+        assert info.field_name is not None
+        return values.count(value, *COUNT_BOUNDS[info.field_name])
+
+    @property
+    def effective_new_call_budget(self) -> float:
+        """Seconds a new call waits on one member: the budget given, or its default."""
+        if self.new_call_budget is not None:
+            return self.new_call_budget
+        return self.member_timeout * NEW_CALL_SHARE
 
     @field_validator("capacity_limit", mode="before")
     @classmethod
@@ -285,6 +401,16 @@ class ClusterConfig(_Frozen):
                 raise ValueError(f"<listen>: duplicate endpoint {str(endpoint)!r}")
             seen.add(_socket_key(endpoint))
         _check_listen_options(self.listen, self.listen_options)
+        if self.new_call_budget is not None and self.new_call_budget >= self.member_timeout:
+            raise ValueError(
+                f"<new_call_budget>: must be below <member_timeout> {self.member_timeout:g}, "
+                f"got {self.new_call_budget:g}"
+            )
+        if self.hold_down_max < self.hold_down:
+            raise ValueError(
+                f"<hold_down_max>: must not be below <hold_down> {self.hold_down:g}, "
+                f"got {self.hold_down_max:g}"
+            )
         names: set[str] = set()
         for member in self.members:
             if member.name in names:
@@ -301,10 +427,39 @@ class ClusterConfig(_Frozen):
         return self
 
 
+def http_endpoint(value: object) -> Endpoint:
+    """``<http>`` / ``--http``: ``HOST:PORT`` or ``[V6]:PORT`` of the HTTP endpoint."""
+    text = value.strip() if isinstance(value, str) else value
+    ipv6 = isinstance(text, str) and (text.startswith("[") or text.count(":") > 1)
+    endpoint = values.endpoint_with_port(text, Kind.TCP6 if ipv6 else Kind.TCP)
+    if endpoint.kind not in (Kind.TCP, Kind.TCP6) or not str(text).endswith(str(endpoint.port)):
+        # the second: a bare IPv6 address such as ::1 reads as one without a port
+        raise ValueError(f"must be host:port, got {text!r}")
+    if endpoint.host == "*":
+        raise ValueError("use 0.0.0.0 or [::] to listen on every address, not *")
+    return endpoint
+
+
 class Config(_Frozen):
     """The whole ``<rtp_cluster_config>``."""
 
     clusters: list[ClusterConfig]
+    http: EndpointValue | None = None  # <http>HOST:PORT</http>: the HTTP endpoint, off if unset
+    session_store: str = "memory"  # <session_store>: memory, redis://, rediss://, unix://
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _http(cls, value: object) -> Endpoint | None:
+        given = values.optional(value)
+        return None if given is None else http_endpoint(given)
+
+    @field_validator("session_store", mode="before")
+    @classmethod
+    def _session_store(cls, value: object) -> str:
+        try:
+            return parse_store_url(values.text(value)).render()
+        except StoreUrlError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _unique(self) -> Config:

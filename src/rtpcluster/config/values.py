@@ -41,6 +41,23 @@ def positive_integer(value: object) -> int:
     return number
 
 
+def count(value: object, lowest: int, highest: int) -> int:
+    """A whole number from ``lowest`` to ``highest``, both included (``<rise>2</rise>``)."""
+    number = integer(value)
+    if not lowest <= number <= highest:
+        raise ValueError(f"must be an integer from {lowest} to {highest}, got {value!r}")
+    return number
+
+
+def yes_no(value: object) -> bool:
+    """``yes`` or ``no`` (any case), as ``<backup>`` and ``backup=`` take it, or a bool."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+        return value.strip().lower() == "yes"
+    raise ValueError(f"must be yes or no, got {value!r}")
+
+
 def port_number(value: object) -> int:
     number = integer(value)
     if not 0 < number < 65536:

@@ -18,6 +18,7 @@ import xmltodict
 from pydantic import ValidationError
 
 from rtpcluster.config.build import (
+    CLUSTER_SETTINGS,
     CLUSTER_TIMERS,
     MEMBER_KEYS,
     build_cluster,
@@ -47,11 +48,11 @@ _CLUSTER_ELEMENTS = (
     "listen",
     "capacity_limit",
     "disconnect_notify",
-    *CLUSTER_TIMERS,
+    *CLUSTER_SETTINGS,
     "rtpproxy",
 )
 _NOTIFY_ELEMENTS = ("inbound_address", "dest_socket_prefix", "key_file")
-_TIMER_DEFAULTS = {name: ClusterConfig.model_fields[name].default for name in CLUSTER_TIMERS}
+_SETTING_DEFAULTS = {name: ClusterConfig.model_fields[name].default for name in CLUSTER_SETTINGS}
 
 
 def parse_config(text: str | bytes, source: str = "<config>") -> Config:
@@ -69,13 +70,17 @@ def parse_config(text: str | bytes, source: str = "<config>") -> Config:
     if root != ROOT:
         raise ConfigError(f"{source}: root element is <{root}>, expected <{ROOT}>")
     try:
-        top = _children(document[root], ROOT, ("rtp_cluster",))
+        top = _children(document[root], ROOT, ("rtp_cluster", "http", "session_store"))
+        http = _text(top["http"], "http") if "http" in top else None
+        session_store = None
+        if "session_store" in top:
+            session_store = _text(top["session_store"], "session_store")
     except ElementError as exc:
         raise ConfigError(str(exc)) from None
     clusters = [
         _cluster(node, position) for position, node in enumerate(top.get("rtp_cluster", []), 1)
     ]
-    return build_config(clusters)
+    return build_config(clusters, http, session_store)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -93,7 +98,13 @@ def dump_config(config: Config) -> str:
     Elements of the original format are always written; our additions only when they
     differ from their defaults, so a plain cluster stays readable by the original.
     """
-    document = {ROOT: {"rtp_cluster": [_cluster_tree(cluster) for cluster in config.clusters]}}
+    top: dict[str, object] = {}
+    if config.http is not None:
+        top["http"] = config.http.address
+    if config.session_store != Config.model_fields["session_store"].default:
+        top["session_store"] = config.session_store
+    top["rtp_cluster"] = [_cluster_tree(cluster) for cluster in config.clusters]
+    document = {ROOT: top}
     xml: str = xmltodict.unparse(document, pretty=True, indent="  ", short_empty_elements=True)
     return xml + "\n"
 
@@ -132,7 +143,7 @@ def _cluster(node: object, position: int) -> ClusterConfig:
         children = _children(node, "rtp_cluster", _CLUSTER_ELEMENTS)
         scalars = {
             key: _text(children[key], key)
-            for key in ("name", "protocol", "address", *CLUSTER_TIMERS)
+            for key in ("name", "protocol", "address", *CLUSTER_SETTINGS)
             if key in children
         }
         listen_elements = [_listen(item) for item in children.get("listen", [])]
@@ -157,7 +168,7 @@ def _cluster(node: object, position: int) -> ClusterConfig:
         listen=listen,
         capacity_limit=capacity_limit,
         disconnect_notify=notify,
-        timers={key: scalars[key] for key in CLUSTER_TIMERS if key in scalars},
+        settings={key: scalars[key] for key in CLUSTER_SETTINGS if key in scalars},
         members=members,
         listen_options=listen_options,
     )
@@ -267,10 +278,10 @@ def _cluster_tree(cluster: ClusterConfig) -> dict[str, object]:
         if cluster.disconnect_notify.key_file is not None:
             notify["key_file"] = cluster.disconnect_notify.key_file
         tree["disconnect_notify"] = notify
-    for key, default in _TIMER_DEFAULTS.items():
+    for key, default in _SETTING_DEFAULTS.items():
         value = getattr(cluster, key)
         if value != default:
-            tree[key] = repr(value)
+            tree[key] = repr(value) if key in CLUSTER_TIMERS else str(value)
     if cluster.members:
         tree["rtpproxy"] = [_member_tree(member) for member in cluster.members]
     return tree
@@ -307,4 +318,6 @@ def _member_tree(member: MemberConfig) -> dict[str, str]:
         "rtp_port_max": member.rtp_port_max,
     }
     tree.update({key: str(value) for key, value in optional.items() if value is not None})
+    if member.backup:
+        tree["backup"] = "yes"
     return tree

@@ -1,0 +1,108 @@
+"""What the HTTP endpoint reads from the running service, gathered in one place.
+
+Everything here is read at request time on the trio thread that runs the clusters, so a
+reading is consistent without a lock. This is the only module of the package that looks
+at :class:`~rtpcluster.cluster.cluster.Cluster` and
+:class:`~rtpcluster.cluster.member.Member` objects rather than at the
+:class:`~rtpcluster.cluster.control.ClusterInfo` the admin plane also gets.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from rtpcluster.cluster.control import ClusterInfo, MemberInfo
+from rtpcluster.cluster.counters import ClusterCounters, MemberCounters
+
+if TYPE_CHECKING:
+    from rtpcluster.cluster.cluster import Cluster
+    from rtpcluster.cluster.member import Member
+    from rtpcluster.service import Service
+
+
+@dataclass(slots=True)
+class MemberReading:
+    info: MemberInfo
+    counters: MemberCounters
+
+
+@dataclass(slots=True)
+class ClusterReading:
+    info: ClusterInfo
+    counters: ClusterCounters
+    members: list[MemberReading]
+    reply_cache_entries: int
+    calls_tracked: int
+
+
+class StatusSource(Protocol):
+    """What the HTTP app asks; :class:`ServiceStatus` answers it for a running Service."""
+
+    def clusters(self) -> list[ClusterInfo]: ...
+
+    def cluster(self, name: str) -> ClusterInfo:
+        """Raise ControlError('<name>: cluster not found')."""
+        ...
+
+    def readings(self) -> list[ClusterReading]: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+# Until the executors keep counters on the Cluster and Member objects themselves (issue
+# 10), each object gets its own zeroed set here, dropped with the object. Wiring them is
+# then: return ``cluster.counters`` and ``member.counters`` from these two functions.
+_cluster_counters: weakref.WeakKeyDictionary[Cluster, ClusterCounters] = weakref.WeakKeyDictionary()
+_member_counters: weakref.WeakKeyDictionary[Member, MemberCounters] = weakref.WeakKeyDictionary()
+
+
+def counters_of_cluster(cluster: Cluster) -> ClusterCounters:
+    counters = _cluster_counters.get(cluster)
+    if counters is None:
+        counters = _cluster_counters[cluster] = ClusterCounters()
+    return counters
+
+
+def counters_of_member(member: Member) -> MemberCounters:
+    counters = _member_counters.get(member)
+    if counters is None:
+        counters = _member_counters[member] = MemberCounters()
+    return counters
+
+
+class ServiceStatus:
+    """A :class:`StatusSource` over a running :class:`~rtpcluster.service.Service`."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def clusters(self) -> list[ClusterInfo]:
+        return self._service.clusters()
+
+    def cluster(self, name: str) -> ClusterInfo:
+        return self._service.cluster(name)
+
+    @property
+    def stopping(self) -> bool:
+        return self._service.stopped.is_set()
+
+    def readings(self) -> list[ClusterReading]:
+        return [read_cluster(cluster) for cluster in list(self._service.running.values())]
+
+
+def read_cluster(cluster: Cluster) -> ClusterReading:
+    info = cluster.info()
+    members = []
+    for member_info in info.members:
+        member = cluster.members[member_info.name]  # info() reads the same dict
+        members.append(MemberReading(info=member_info, counters=counters_of_member(member)))
+    return ClusterReading(
+        info=info,
+        counters=counters_of_cluster(cluster),
+        members=members,
+        reply_cache_entries=len(cluster.reply_cache),
+        calls_tracked=len(cluster.sessions),
+    )

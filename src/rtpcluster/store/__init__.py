@@ -1,0 +1,59 @@
+"""Session stores: where call affinity (call-id -> member name) is shared.
+
+``memory`` keeps today's behaviour (nothing shared); ``redis://``, ``rediss://`` and
+``unix://`` share it through Redis or Valkey (the optional ``rtpcluster[redis]`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rtpcluster.store.base import DELAY_BOUNDS, SessionStore, StoreCounters
+from rtpcluster.store.memory import MemoryStore
+from rtpcluster.store.statefile import (
+    LoadedState,
+    StateFileError,
+    read_state_file,
+    write_state_file,
+)
+from rtpcluster.store.url import StoreUrl, StoreUrlError, parse_store_url
+
+
+class StoreUnavailable(Exception):
+    """A store that this installation cannot open (a missing extra); one line."""
+
+
+def open_store(url: str | StoreUrl, **options: Any) -> SessionStore:
+    """The store for ``url``; ``options`` go to the Redis store (deadlines, bounds).
+
+    Raises StoreUrlError for a bad URL and StoreUnavailable when coredis is missing.
+    Nothing is connected here: the store's ``run`` task does that.
+    """
+    parsed = url if isinstance(url, StoreUrl) else parse_store_url(url)
+    if parsed.is_memory:
+        return MemoryStore()
+    try:
+        from rtpcluster.store.redis import RedisStore
+    except ImportError as exc:
+        raise StoreUnavailable(
+            f"session store {parsed}: needs the coredis package "
+            f"(pip install 'rtpcluster[redis]'): {exc}"
+        ) from None
+    return RedisStore(parsed, **options)
+
+
+__all__ = [
+    "DELAY_BOUNDS",
+    "LoadedState",
+    "MemoryStore",
+    "SessionStore",
+    "StateFileError",
+    "StoreCounters",
+    "StoreUnavailable",
+    "StoreUrl",
+    "StoreUrlError",
+    "open_store",
+    "parse_store_url",
+    "read_state_file",
+    "write_state_file",
+]

@@ -164,13 +164,15 @@ def _start_cluster(
     work: Path, members: list[RtpProxy], started: contextlib.ExitStack, meta: dict[str, Any]
 ) -> RtpclusterProcess | None:
     """Start the cluster with a udp and a unix control socket (udp only as a fallback)."""
-    entries = [MemberEntry(m.name, m.port, weight=100, capacity=100_000) for m in members]
+    entries = [
+        MemberEntry.of(m.name, m, weight=100, capacity=100_000, status="active") for m in members
+    ]
     errors = []
     for unix in (work / "cluster.sock", None):
         cluster = RtpclusterProcess(work, free_port(), unix_path=unix, log_level="warning")
         listen = [] if cluster.unix is None else [cluster.unix]
         try:
-            cluster.start(cluster_xml("bench", cluster.udp_port, entries, listen=listen))
+            cluster.start(config=cluster_xml("bench", cluster.udp_port, entries, listen=listen))
         except RuntimeError as exc:
             errors.append(_short(str(exc), work))
             continue

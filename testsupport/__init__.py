@@ -5,7 +5,10 @@ Everything that starts a real program lives in this package, so that ``tests/``,
 
 * :mod:`testsupport.rtpproxy`: an RTPproxy from rtp-io in a subprocess
   (:mod:`testsupport.rtpproxy_child` is that subprocess);
-* :mod:`testsupport.rtpcluster`: ``rtpcluster serve --foreground`` and its config;
+* :mod:`testsupport.rtpcluster`: ``rtpcluster serve --foreground`` and its config,
+  ready when its systemd notification (:mod:`testsupport.notify`) says so;
+* :mod:`testsupport.redis_server`: a redis-server for the session-store tests;
+* :mod:`testsupport.programs`: finding external programs, or skipping clearly;
 * :mod:`testsupport.control`: control clients with cookies (blocking and trio);
 * :mod:`testsupport.ports`: free ports and RTP port ranges;
 * :mod:`testsupport.processes`: stopping by PID;
@@ -14,19 +17,30 @@ Everything that starts a real program lives in this package, so that ``tests/``,
 A top-level package beside ``tests/`` and ``benchmarks/`` (not inside ``tests/``) so
 that the benchmark does not import the test suite: pytest finds it through
 ``pythonpath = ["."]``, ``python -m benchmarks.run`` through its working directory.
-It is not part of the installed ``rtpcluster`` and imports nothing from it.
+It is not part of the installed ``rtpcluster`` and imports nothing from it; only
+``programs`` and ``redis_server`` import pytest (they skip tests), so they are not
+imported here.
 """
 
 from testsupport.control import ControlSocket, UdpControlClient, ask, new_cookie, stream_command
+from testsupport.notify import NotifyListener
 from testsupport.ports import free_port, next_port_range
 from testsupport.processes import children_of, gone, stop_process
-from testsupport.rtpcluster import MemberEntry, RtpclusterProcess, cluster_xml, run_rtpcluster
+from testsupport.rtpcluster import (
+    FAST_PROBES,
+    MemberEntry,
+    RtpclusterProcess,
+    cluster_xml,
+    run_rtpcluster,
+)
 from testsupport.rtpproxy import RtpProxy
 from testsupport.wait import wait_until
 
 __all__ = [
+    "FAST_PROBES",
     "ControlSocket",
     "MemberEntry",
+    "NotifyListener",
     "RtpProxy",
     "RtpclusterProcess",
     "UdpControlClient",

@@ -15,15 +15,12 @@ import math
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
-
-import pytest
 
 from testsupport import (
     MemberEntry,
@@ -34,6 +31,7 @@ from testsupport import (
     stop_process,
     wait_until,
 )
+from testsupport.programs import find_program, missing
 
 DATA = Path(__file__).with_name("data")
 _MARKER = re.compile(r"@([a-z_]+)@")
@@ -58,11 +56,8 @@ def find_tool(name: str) -> str | None:
     RTPCLUSTER_E2E_<NAME> (e.g. RTPCLUSTER_E2E_KAMAILIO) names it explicitly;
     otherwise PATH plus the sbin directories Debian installs Kamailio into.
     """
-    explicit = os.environ.get(f"RTPCLUSTER_E2E_{name.upper()}")
-    if explicit is not None:
-        return explicit if os.access(explicit, os.X_OK) else None
-    extra = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-    return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
+    sbin = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+    return find_program(name, override=f"RTPCLUSTER_E2E_{name.upper()}", dirs=sbin)
 
 
 def find_pcap() -> Path | None:
@@ -108,27 +103,27 @@ class Tools:
 
 def find_tools(*, kamailio: bool) -> tuple[Tools | None, list[str]]:
     """The programs and files a rig needs, or None and what is missing."""
-    missing: list[str] = []
+    absent: list[str] = []
     kamailio_path = find_tool("kamailio") if kamailio else None
     sipp = find_tool("sipp")
     pcap = find_pcap()
     if kamailio and kamailio_path is None:
-        missing.append("kamailio (Debian package kamailio)")
+        absent.append("kamailio (Debian package kamailio)")
     elif kamailio:
         try:
             kamailio_modules_dir()
         except RuntimeError:
-            missing.append("Kamailio's rtpproxy module (rtpproxy.so)")
+            absent.append("Kamailio's rtpproxy module (rtpproxy.so)")
     if sipp is None:
-        missing.append("sipp (Debian package sip-tester)")
+        absent.append("sipp (Debian package sip-tester)")
     if pcap is None:
-        missing.append("g711a.pcap from sipp (Debian package sip-tester; or RTPCLUSTER_E2E_PCAP)")
+        absent.append("g711a.pcap from sipp (Debian package sip-tester; or RTPCLUSTER_E2E_PCAP)")
     try:
         import rtp.io  # noqa: F401
     except ImportError:
-        missing.append("the rtp-io wheel (pip install rtp-io)")
-    if missing or sipp is None or pcap is None:
-        return None, missing
+        absent.append("the rtp-io wheel (pip install rtp-io)")
+    if absent or sipp is None or pcap is None:
+        return None, absent
     packets, seconds = pcap_packet_count(pcap)
     return Tools(kamailio_path, sipp, pcap, packets, seconds), []
 
@@ -138,14 +133,11 @@ def required_tools(what: str, *, kamailio: bool, more: Sequence[str | None] = ()
 
     ``more``: further reasons the rig cannot run here (None: no reason).
     """
-    found, missing = find_tools(kamailio=kamailio)
-    missing += [reason for reason in more if reason is not None]
-    if found is None or missing:
-        message = f"{what} tools missing: " + "; ".join(missing)
-        message += " (run .ci/install-e2e-deps as root)"
-        if os.environ.get("RTPCLUSTER_E2E_REQUIRED") == "1":
-            pytest.fail(message + " and RTPCLUSTER_E2E_REQUIRED=1 is set", pytrace=False)
-        pytest.skip(message)
+    found, absent = find_tools(kamailio=kamailio)
+    absent += [reason for reason in more if reason is not None]
+    if found is None or absent:
+        message = f"{what} tools missing: " + "; ".join(absent)
+        missing(message + " (run .ci/install-e2e-deps as root)", "RTPCLUSTER_E2E_REQUIRED")
     return found
 
 
@@ -261,8 +253,8 @@ def start_cluster(
     unix control socket ``ctl.sock`` and admin socket ``admin.sock`` in ``sockets`` (a
     short directory: a socket path holds 107 bytes); its udp port is
     RTPCLUSTER_E2E_CLUSTER_PORT or a free one. ``notify``: (relay port,
-    dest_socket_prefix) for a ``<disconnect_notify>``. Returns once it answers ``V``
-    (one that does not is stopped before the error); the caller stops it.
+    dest_socket_prefix) for a ``<disconnect_notify>``. Returns once it is ready (one that
+    does not come up is stopped before the error); the caller stops it.
     """
     cluster = RtpclusterProcess(
         workdir,
@@ -271,9 +263,13 @@ def start_cluster(
         admin_path=sockets / "admin.sock",
         log_level=log_level,
     )
-    entries = [MemberEntry(n.name, n.port, n.weight, capacity=1000) for n in nodes]
+    entries = [
+        MemberEntry.of(n.name, n, weight=n.weight, capacity=1000, status="active") for n in nodes
+    ]
     listen = [f"unix:{cluster.unix_path}"]
-    cluster.start(cluster_xml(CLUSTER, cluster.udp_port, entries, listen=listen, notify=notify))
+    cluster.start(
+        config=cluster_xml(CLUSTER, cluster.udp_port, entries, listen=listen, notify=notify)
+    )
     return cluster
 
 

@@ -13,30 +13,20 @@ import pytest
 from rtpcluster.admin.client import send_command
 from rtpcluster.daemon import read_pid
 from tests.conftest import MemberFactory
-from testsupport import free_port, gone, run_rtpcluster, wait_until
+from testsupport import (
+    FAST_PROBES,
+    MemberEntry,
+    cluster_xml,
+    free_port,
+    gone,
+    run_rtpcluster,
+    wait_until,
+)
 
 
 def config_xml(listen_port: int, members: list[tuple[str, str]]) -> str:
-    blocks = "".join(
-        f"""
-    <rtpproxy>
-      <name>{name}</name>
-      <protocol>udp</protocol>
-      <address>{address}</address>
-    </rtpproxy>"""
-        for name, address in members
-    )
-    return f"""<?xml version="1.0"?>
-<rtp_cluster_config>
-  <rtp_cluster>
-    <name>c1</name>
-    <protocol>udp</protocol>
-    <address>127.0.0.1:{listen_port}</address>
-    <heartbeat_interval>0.2</heartbeat_interval>
-    <offline_probe_interval>0.2</offline_probe_interval>{blocks}
-  </rtp_cluster>
-</rtp_cluster_config>
-"""
+    entries = [MemberEntry(name, address) for name, address in members]
+    return cluster_xml("c1", listen_port, entries, settings=FAST_PROBES)
 
 
 class Files:

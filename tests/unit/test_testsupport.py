@@ -9,15 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rtpcluster.config import load_config
 from tests.e2e.e2e_harness import fill, read_data
 from testsupport import (
+    FAST_PROBES,
     ControlSocket,
+    MemberEntry,
+    NotifyListener,
     children_of,
+    cluster_xml,
     free_port,
     gone,
     new_cookie,
@@ -181,3 +187,49 @@ def test_every_marker_of_an_e2e_data_file_is_filled(name: str) -> None:
     for key in DATA_MARKERS[name]:
         with pytest.raises(KeyError, match=key):
             fill(template, **{k: v for k, v in values.items() if k != key})
+
+
+def test_cluster_xml_is_a_config_the_service_loads(tmp_path: Path) -> None:
+    members = [
+        MemberEntry("m1", "127.0.0.1:5001", weight=300, capacity=50, status="active"),
+        MemberEntry("m2", str(tmp_path / "m2.sock"), protocol="unix"),
+    ]
+    text = cluster_xml(
+        "c<1>",  # escaped in the XML, itself again once loaded
+        5000,
+        members,
+        listen=[f"unix:{tmp_path / 'ctl.sock'}"],
+        notify=(5002, "/run/b2bua/"),
+        settings=FAST_PROBES,
+        http="127.0.0.1:8080",
+    )
+    path = tmp_path / "rtp_cluster.xml"
+    path.write_text(text)
+    config = load_config(path)
+    [cluster] = config.clusters
+    assert cluster.name == "c<1>"
+    assert [str(e) for e in cluster.listen] == [
+        "udp:127.0.0.1:5000",
+        f"unix:{tmp_path / 'ctl.sock'}",
+    ]
+    assert cluster.heartbeat_interval == 0.2
+    assert cluster.disconnect_notify is not None
+    first, second = cluster.members
+    assert (first.name, first.weight, first.capacity) == ("m1", 300, 50)
+    assert second.name == "m2"
+    assert str(config.http) == "tcp:127.0.0.1:8080"
+
+
+def test_a_notification_is_awaited_and_a_process_exit_ends_the_wait(tmp_path: Path) -> None:
+    with NotifyListener(tmp_path / "n.sock") as listener:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as service:
+            service.sendto(b"STATUS=starting", str(listener.path))
+            service.sendto(b"READY=1\nSTATUS=up", str(listener.path))
+        fields = listener.until(lambda f: f.get("READY") == "1", timeout=10)
+        assert fields == {"READY": "1", "STATUS": "up"}
+        with (
+            subprocess.Popen([sys.executable, "-c", "pass"]) as silent,
+            pytest.raises(RuntimeError, match="exited with 0"),
+        ):
+            listener.until(lambda f: True, timeout=30, process=silent)
+    assert not listener.path.exists()

@@ -20,14 +20,15 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PY)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    paths = ["src", "tests", "testsupport", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PY)
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[test]", "mypy")
-    session.run("mypy", "src")
+    session.run("mypy", "src", "testsupport")
 
 
 @nox.session(python=PY)

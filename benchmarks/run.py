@@ -11,6 +11,7 @@ and the report says why the cluster ones are missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -24,7 +25,7 @@ from typing import Any
 
 from benchmarks import report, scale, scenarios
 from benchmarks.loadgen import LoadPool, MemberRange
-from benchmarks.procs import ClusterProcess, Procs, RtpproxyProcess, free_udp_port
+from testsupport import MemberEntry, RtpclusterProcess, RtpProxy, cluster_xml, free_port
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -33,6 +34,9 @@ DOCS = HERE.parent / "docs" / "performance.md"
 # RTP port ranges: below the kernel's ephemeral range, clear of 30000-30999 (tests)
 DIRECT_RTP = MemberRange("direct", 31000, 32499)
 MEMBER_RTP = (MemberRange("m1", 2000, 15999), MemberRange("m2", 16000, 29999))
+# RTPproxy's session timeout (-T) and set-up timeout (-W): the live-sessions phase holds
+# offers open for its whole length, so far above any phase (RTPproxy's default is 60 s).
+SESSION_TTL = 600
 
 
 def log(msg: str) -> None:
@@ -91,20 +95,22 @@ def main(argv: list[str] | None = None) -> int:
         f"rtpcluster benchmark ({'quick' if plan.quick else 'full'}), {meta['cores']} cores,"
         f" {args.load_procs} load processes"
     )
-    with tempfile.TemporaryDirectory(prefix="rtpcluster-bench-") as tmp, Procs() as procs:
+    # Every process started is stopped by its PID when this block ends, also on errors.
+    with (
+        tempfile.TemporaryDirectory(prefix="rtpcluster-bench-") as tmp,
+        contextlib.ExitStack() as started,
+    ):
         work = Path(tmp)
-        direct = RtpproxyProcess(
-            "direct", free_udp_port(), DIRECT_RTP, work, unix_path=work / "direct.sock"
-        )
-        members = [RtpproxyProcess(r.name, free_udp_port(), r, work) for r in MEMBER_RTP]
-        procs.members += [direct, *members]
-        for m in procs.members:
+        direct = _rtpproxy(DIRECT_RTP, work, unix=work / "direct.sock")
+        members = [_rtpproxy(r, work) for r in MEMBER_RTP]
+        for m in (direct, *members):
+            started.callback(m.stop)
             m.start()
-        cluster: ClusterProcess | None = None
+        cluster: RtpclusterProcess | None = None
         if args.no_cluster:
             meta["cluster_status"] = "skipped (--no-cluster)"
         else:
-            cluster = _start_cluster(work, members, procs, meta)
+            cluster = _start_cluster(work, members, started, meta)
         pool = LoadPool(args.load_procs)
         runner = scenarios.Runner(pool)
         try:
@@ -141,19 +147,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _rtpproxy(rtp: MemberRange, work: Path, unix: Path | None = None) -> RtpProxy:
+    """A member (or the direct RTPproxy) on a free udp port, its RTP ports ``rtp``."""
+    return RtpProxy(
+        control=f"udp:127.0.0.1:{free_port()}",
+        port_min=rtp.lo,
+        port_max=rtp.hi,
+        extra=["-T", str(SESSION_TTL), "-W", str(SESSION_TTL)],
+        name=rtp.name,
+        workdir=work,
+        more_controls=[] if unix is None else [f"unix:{unix}"],
+    )
+
+
 def _start_cluster(
-    work: Path, members: list[RtpproxyProcess], procs: Procs, meta: dict[str, Any]
-) -> ClusterProcess | None:
+    work: Path, members: list[RtpProxy], started: contextlib.ExitStack, meta: dict[str, Any]
+) -> RtpclusterProcess | None:
     """Start the cluster with a udp and a unix control socket (udp only as a fallback)."""
+    entries = [
+        MemberEntry.of(m.name, m, weight=100, capacity=100_000, status="active") for m in members
+    ]
     errors = []
     for unix in (work / "cluster.sock", None):
-        cluster = ClusterProcess(work, members, free_udp_port(), unix_path=unix)
+        cluster = RtpclusterProcess(work, free_port(), unix_path=unix, log_level="warning")
+        listen = [] if cluster.unix is None else [cluster.unix]
         try:
-            cluster.start()
+            cluster.start(config=cluster_xml("bench", cluster.udp_port, entries, listen=listen))
         except RuntimeError as exc:
-            errors.append(str(exc))
+            errors.append(_short(str(exc), work))
             continue
-        procs.clusters.append(cluster)
+        started.callback(cluster.stop)
         meta["cluster_status"] = "ok"
         if unix is None:
             meta["notes"].append(f"cluster unix: listener unavailable: {errors[0]}")
@@ -161,6 +184,12 @@ def _start_cluster(
     meta["cluster_status"] = f"could not start: {errors[-1]}"
     log(f"cluster: {meta['cluster_status']}")
     return None
+
+
+def _short(error: str, work: Path) -> str:
+    """An error for the report: its last three lines, no path of this machine."""
+    lines = [ln for ln in error.strip().splitlines() if ln.strip()][-3:]
+    return " | ".join(lines)[-400:].replace(str(work), "<tmp>")
 
 
 def _log_scale(s: dict[str, Any]) -> None:

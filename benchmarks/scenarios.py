@@ -25,7 +25,7 @@ from benchmarks.loadgen import (
     merge,
     split_jobs,
 )
-from benchmarks.procs import ClusterProcess, RtpproxyProcess, ask, cpu_seconds
+from testsupport import RtpclusterProcess, RtpProxy
 
 #: A new call's U slower than this during a fault counts as one the cluster still tried
 #: on the faulty member (it waited for it, then answered or failed over).
@@ -106,6 +106,24 @@ def summary(r: LoadResult, cpu: dict[str, float] | None = None) -> dict[str, Any
     return out
 
 
+def rtp_range(proxy: RtpProxy) -> MemberRange:
+    """The proxy's RTP ports, by which the load generator tells who served a call."""
+    return MemberRange(proxy.name, proxy.port_min, proxy.port_max)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far; 0.0 if it is gone."""
+    import psutil  # type: ignore[import-untyped,unused-ignore]  # only the run needs it
+
+    if pid is None:
+        return 0.0
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
 class Runner:
     """Runs load jobs on the pool and measures the CPU of the processes involved."""
 
@@ -138,9 +156,9 @@ class Runner:
         return result, cpu
 
 
-def _ensure(member: RtpproxyProcess) -> bool:
+def _ensure(member: RtpProxy) -> bool:
     """Restart ``member`` if it stopped answering (returns True if it had to)."""
-    if ask(member.udp, "V", 0.5) == "20040107":
+    if member.ask("V", 0.5) == "20040107\n":
         return False
     member.stop()
     member.start()
@@ -150,9 +168,9 @@ def _ensure(member: RtpproxyProcess) -> bool:
 def side_by_side(
     runner: Runner,
     plan: Plan,
-    direct: RtpproxyProcess,
-    members: list[RtpproxyProcess],
-    cluster: ClusterProcess | None,
+    direct: RtpProxy,
+    members: list[RtpProxy],
+    cluster: RtpclusterProcess | None,
     log: Any,
 ) -> list[dict[str, Any]]:
     """Direct, cluster, direct, cluster ... per transport and level."""
@@ -166,13 +184,13 @@ def side_by_side(
                 if side == "cluster" and cluster is None:
                     continue
                 if side == "direct":
-                    target = direct.udp if transport == "udp" else direct.unix
-                    ranges: tuple[MemberRange, ...] = (direct.rtp,)
+                    target = direct.control_of(transport)
+                    ranges: tuple[MemberRange, ...] = (rtp_range(direct),)
                     pids: tuple[int | None, list[int | None]] = (None, [direct.pid])
                 else:
                     assert cluster is not None
                     target = cluster.udp if transport == "udp" else cluster.unix
-                    ranges = tuple(m.rtp for m in members)
+                    ranges = tuple(rtp_range(m) for m in members)
                     pids = (cluster.pid, [m.pid for m in members])
                 if target is None:
                     continue
@@ -224,12 +242,12 @@ def _row_line(row: dict[str, Any]) -> str:
     )
 
 
-def live_capacity(members: list[RtpproxyProcess]) -> int:
+def live_capacity(members: list[RtpProxy]) -> int:
     """How many offer-only sessions the members can hold (2 sockets and 2 ports each)."""
     per_member = []
     for m in members:
         by_files = (m.nofile - 200) // 2 if m.nofile else 0
-        by_ports = int((m.rtp.hi - m.rtp.lo) // 2 * 0.8)
+        by_ports = int((m.port_max - m.port_min) // 2 * 0.8)
         per_member.append(min(by_files, by_ports))
     # the balancer spreads calls randomly: leave 10 % headroom on the smaller member
     return int(min(per_member) * len(members) * 0.9)
@@ -238,14 +256,14 @@ def live_capacity(members: list[RtpproxyProcess]) -> int:
 def live_sessions(
     runner: Runner,
     plan: Plan,
-    members: list[RtpproxyProcess],
-    cluster: ClusterProcess,
+    members: list[RtpProxy],
+    cluster: RtpclusterProcess,
     log: Any,
 ) -> dict[str, Any]:
     """Open sessions (offers only) through the cluster; measure 1-in-flight calls."""
     cap = live_capacity(members)
     levels = sorted({min(lvl, cap) for lvl in plan.live_levels})
-    ranges = tuple(m.rtp for m in members)
+    ranges = tuple(rtp_range(m) for m in members)
     pids = [m.pid for m in members]
     rows: list[dict[str, Any]] = []
     opened = 0
@@ -267,13 +285,13 @@ def live_sessions(
             pad = {"opened": res.calls_done, "failed": res.calls_failed}
         row: dict[str, Any] = {"sessions": opened, "padding": pad}
         for side in ("cluster", "member"):
-            target = cluster.udp if side == "cluster" else members[0].udp
+            target = cluster.udp if side == "cluster" else members[0].control
             job = LoadJob(
                 target=target,
                 in_flight=1,
                 max_calls=plan.max_calls // 4,
                 duration=plan.live_seconds,
-                ranges=ranges if side == "cluster" else (members[0].rtp,),
+                ranges=ranges if side == "cluster" else (rtp_range(members[0]),),
                 tag=f"live{side[0]}",
                 drain=3.0,
             )
@@ -286,7 +304,7 @@ def live_sessions(
             f" | member {members[0].name} direct p50 {m['p50_ms']:.3f} ms"
         )
     for m in members:  # free the members' sockets for what comes next
-        ask(m.udp, "X", 2.0)
+        m.ask("X", 2.0)
     nofile = min((m.nofile for m in members), default=0)
     return {"capacity": cap, "member_nofile": nofile, "levels": rows}
 
@@ -295,13 +313,13 @@ def failover(
     runner: Runner,
     plan: Plan,
     mode: str,
-    members: list[RtpproxyProcess],
-    cluster: ClusterProcess,
+    members: list[RtpProxy],
+    cluster: RtpclusterProcess,
     log: Any,
 ) -> dict[str, Any]:
     """Kill (SIGKILL) or hang (SIGSTOP) the last member under a steady call load."""
     victim = members[-1]
-    ranges = tuple(m.rtp for m in members)
+    ranges = tuple(rtp_range(m) for m in members)
     total = plan.failover_before + plan.failover_down + plan.failover_after + 2.0
     start_at = time.monotonic() + 0.3
     job = LoadJob(

@@ -21,11 +21,11 @@ import timeit
 from pathlib import Path
 
 import trio
-from tests.redis_server import RedisServer, redis_server_binary
 
 from rtpcluster.store import DELAY_BOUNDS, open_store
 from rtpcluster.store.memory import MemoryStore
 from rtpcluster.store.redis import RedisStore
+from testsupport.redis_server import RedisServer, redis_server_binary
 
 
 def caller_costs(count: int) -> dict[str, float]:

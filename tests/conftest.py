@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rtpproxies import RtpProxy, free_port, next_port_range
+from testsupport import RtpProxy, free_port, next_port_range
 
 MemberFactory = Callable[..., RtpProxy]
 
@@ -15,7 +15,8 @@ MemberFactory = Callable[..., RtpProxy]
 def rtpproxy(tmp_path: Path) -> Iterator[MemberFactory]:
     """Start real RTPproxies: ``rtpproxy()`` (udp), ``rtpproxy("unix")``, ``("cunix")``...
 
-    Every one is stopped (by its PID) when the test ends.
+    Every one is stopped (by its PID) when the test ends; each one's log is
+    ``rtpp<N>.log`` in the test's ``tmp_path``.
     """
     started: list[RtpProxy] = []
 
@@ -29,7 +30,13 @@ def rtpproxy(tmp_path: Path) -> Iterator[MemberFactory]:
         else:
             control = f"udp:127.0.0.1:{free_port()}"
         low, high = next_port_range()
-        proxy = RtpProxy(control=control, port_min=low, port_max=high, extra=extra or [])
+        proxy = RtpProxy(
+            control=control,
+            port_min=low,
+            port_max=high,
+            extra=extra or [],
+            name=f"rtpp{len(started)}",
+        )
         proxy.start(tmp_path)
         started.append(proxy)
         return proxy

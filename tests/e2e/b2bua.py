@@ -13,19 +13,13 @@ stopped by PID; traffic stays on 127.0.0.1 and unix sockets in the test's direct
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.e2e.e2e_harness import (
-    LOOPBACK,
-    UAC_SCENARIO,
-    UAS_SCENARIO,
-    stop_process,
-    wait_until,
-)
+from tests.e2e.e2e_harness import LOOPBACK, UAC_SCENARIO, UAS_SCENARIO, read_data
+from testsupport import stop_process, wait_until
 
 # sippy 2.5.0 compares a Contact's "transport=UDP" with "udp" case-sensitively and then
 # sends its BYE nowhere: the UAS must not put the parameter in its Contact.
@@ -46,93 +40,8 @@ _B2BUA_URI = "sip:[service]@[remote_ip]:[remote_port]"
 assert _NEXT_URL in UAC_SCENARIO
 B2BUA_UAC_SCENARIO = UAC_SCENARIO.replace(_NEXT_URL, _B2BUA_URI)
 
-# A caller that sends no media and waits for the far end to hang up: the B2BUA's BYE
-# after RTPproxy's session timeout. 60 s: far above the members' TTL (a few seconds).
-UAC_WAITS_FOR_BYE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="rtpcluster e2e UAC, hung up by the far end">
-  <nop>
-    <action>
-      <gettimeofday assign_to="is,iu"/>
-    </action>
-  </nop>
-  <send retrans="500">
-    <![CDATA[
-
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: e2e <sip:e2e@[local_ip]:[local_port]>;tag=[pid]e2euac[call_number]
-      To: [service] <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: sip:e2e@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=uac 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 8
-      a=rtpmap:8 PCMA/8000
-
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true">
-    <action>
-      <gettimeofday assign_to="os,ou"/>
-      <ereg regexp="m=audio [0-9]+" search_in="body" check_it="true" assign_to="am"/>
-      <ereg regexp="c=IN IP4 [0-9.]+" search_in="body" check_it="true" assign_to="ac"/>
-      <log message="E2E-SETUP cid=[call_id] inv=[$is].[$iu] ok=[$os].[$ou] sdp=[$ac]|[$am]"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [routes]
-      From: e2e <sip:e2e@[local_ip]:[local_port]>;tag=[pid]e2euac[call_number]
-      To: [service] <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="BYE" timeout="60000">
-    <action>
-      <gettimeofday assign_to="bs,bu"/>
-      <log message="E2E-HUNG-UP cid=[call_id] at=[$bs].[$bu]"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-</scenario>
-"""
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+# A caller that sends no media and waits for the far end's BYE (see the file).
+UAC_WAITS_FOR_BYE = read_data("uac_waits_for_bye.xml")
 
 
 def sippy_missing() -> str | None:
@@ -210,9 +119,13 @@ class B2bua:
                 )
             return self.command_socket.exists()
 
-        if not wait_until(listening, timeout=30, interval=0.1):
+        try:
+            wait_until(listening, f"the b2bua to open {self.command_socket}", 30, 0.1)
+        except AssertionError:
             self.stop()
-            raise RuntimeError(f"b2bua did not open {self.command_socket}; see {self.log_path}")
+            raise RuntimeError(
+                f"b2bua did not open {self.command_socket}; see {self.log_path}"
+            ) from None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -16,7 +16,6 @@ RTPCLUSTER_E2E_PCAP.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,19 +24,17 @@ import pytest
 
 from tests.e2e.e2e_harness import (
     FIGURES,
-    Cluster,
     Kamailio,
     Rig,
     RigFactory,
-    Sipp,
     Tools,
     env_port,
-    find_pcap,
-    find_tool,
-    kamailio_modules_dir,
     members,
-    pcap_packet_count,
+    required_tools,
+    sipp_uas,
+    start_cluster,
 )
+from testsupport import RtpclusterProcess
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -47,45 +44,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
-def _missing_tools() -> tuple[Tools | None, list[str]]:
-    missing: list[str] = []
-    kamailio = find_tool("kamailio")
-    sipp = find_tool("sipp")
-    pcap = find_pcap()
-    if kamailio is None:
-        missing.append("kamailio (Debian package kamailio)")
-    else:
-        try:
-            kamailio_modules_dir()
-        except RuntimeError:
-            missing.append("Kamailio's rtpproxy module (rtpproxy.so)")
-    if sipp is None:
-        missing.append("sipp (Debian package sip-tester)")
-    if pcap is None:
-        missing.append("g711a.pcap from sipp (Debian package sip-tester; or RTPCLUSTER_E2E_PCAP)")
-    try:
-        import rtp.io  # noqa: F401
-    except ImportError:
-        missing.append("the rtp-io wheel (pip install rtp-io)")
-    if missing or kamailio is None or sipp is None or pcap is None:
-        return None, missing
-    packets, seconds = pcap_packet_count(pcap)
-    return Tools(kamailio, sipp, pcap, packets, seconds), []
-
-
 @pytest.fixture(scope="session")
 def tools() -> Tools:
-    found, missing = _missing_tools()
-    if found is None:
-        message = (
-            "end-to-end tools missing: "
-            + "; ".join(missing)
-            + " (run .ci/install-e2e-deps as root)"
-        )
-        if os.environ.get("RTPCLUSTER_E2E_REQUIRED") == "1":
-            pytest.fail(message + " and RTPCLUSTER_E2E_REQUIRED=1 is set", pytrace=False)
-        pytest.skip(message)
-    return found
+    return required_tools("end-to-end", kamailio=True)
 
 
 @pytest.fixture
@@ -106,31 +67,13 @@ def make_rig(tools: Tools, tmp_path: Path, short_dir: Path) -> Iterator[RigFacto
 
         def build(mode: str, weights: list[int], *, talk_ms: int | None = None) -> Rig:
             nodes = stack.enter_context(members(tmp_path / "members", weights))
-            talk = talk_ms if talk_ms is not None else int(tools.pcap_seconds * 1000) + 500
-            sipp = Sipp(
-                workdir=tmp_path / "sipp",
-                binary=tools.sipp,
-                pcap=tools.pcap,
-                uas_port=env_port("RTPCLUSTER_E2E_UAS_PORT"),
-                uas_media_port=env_port("RTPCLUSTER_E2E_UAS_MEDIA_PORT") & ~1,
-                talk_ms=talk,
-            )
-            stack.callback(sipp.stop)
-            sipp.start_uas()
-            cluster: Cluster | None = None
+            sipp = stack.enter_context(sipp_uas(tmp_path / "sipp", tools, talk_ms=talk_ms))
+            cluster: RtpclusterProcess | None = None
             if mode == "direct":
-                sock = " ".join(f"udp:127.0.0.1:{n.ctl_port}={n.weight}" for n in nodes)
+                sock = " ".join(f"udp:127.0.0.1:{n.port}={n.weight}" for n in nodes)
             else:
-                cluster = Cluster(
-                    name="e2e",
-                    udp_port=env_port("RTPCLUSTER_E2E_CLUSTER_PORT"),
-                    unix_path=short_dir / "ctl.sock",
-                    admin_path=short_dir / "admin.sock",
-                    config_path=tmp_path / "rtpcluster.xml",
-                    log_path=tmp_path / "rtpcluster.log",
-                )
-                stack.callback(cluster.terminate)
-                cluster.start(nodes)
+                cluster = start_cluster(tmp_path, nodes, short_dir)
+                stack.callback(cluster.stop)
                 if mode == "udp":
                     sock = f"udp:127.0.0.1:{cluster.udp_port}"
                 elif mode == "unix":

@@ -1,29 +1,40 @@
-"""Processes and measurements for the end-to-end tests.
+"""Kamailio, sipp and the rig of the end-to-end tests, and what they measure.
 
-Everything here runs real programs: RTPproxies (rtp-io, one subprocess each),
-Kamailio, sipp and ``rtpcluster serve``. Every process is started by this module,
-remembered by PID and stopped by PID. All network traffic stays on 127.0.0.1
-or on unix sockets inside the test's temporary directory.
+Everything here runs real programs: RTPproxies (rtp-io, one subprocess each) and
+``rtpcluster serve`` from :mod:`testsupport`, Kamailio and sipp from here. Every process
+is started by this code, remembered by PID and stopped by PID. All network traffic
+stays on 127.0.0.1 or on unix sockets inside the test's temporary directory. Kamailio's
+config and the sipp scenarios are files in ``data/``, with ``@name@`` markers that
+:func:`fill` replaces.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
+
+from testsupport import (
+    MemberEntry,
+    RtpclusterProcess,
+    RtpProxy,
+    cluster_xml,
+    free_port,
+    stop_process,
+    wait_until,
+)
+from testsupport.programs import find_program, missing
+
+DATA = Path(__file__).with_name("data")
+_MARKER = re.compile(r"@([a-z_]+)@")
 
 LOOPBACK = "127.0.0.1"
 
@@ -45,11 +56,8 @@ def find_tool(name: str) -> str | None:
     RTPCLUSTER_E2E_<NAME> (e.g. RTPCLUSTER_E2E_KAMAILIO) names it explicitly;
     otherwise PATH plus the sbin directories Debian installs Kamailio into.
     """
-    explicit = os.environ.get(f"RTPCLUSTER_E2E_{name.upper()}")
-    if explicit is not None:
-        return explicit if os.access(explicit, os.X_OK) else None
-    extra = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/sbin"])
-    return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
+    sbin = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+    return find_program(name, override=f"RTPCLUSTER_E2E_{name.upper()}", dirs=sbin)
 
 
 def find_pcap() -> Path | None:
@@ -79,21 +87,67 @@ def pcap_packet_count(path: Path) -> tuple[int, float]:
     return count, last - first
 
 
+@dataclass(frozen=True)
+class Tools:
+    kamailio: str | None  # None for a rig without Kamailio (the B2BUA's)
+    sipp: str
+    pcap: Path
+    pcap_packets: int
+    pcap_seconds: float
+
+    @property
+    def talk_ms(self) -> int:
+        """How long a call with media stays up: the pcap's length and half a second."""
+        return int(self.pcap_seconds * 1000) + 500
+
+
+def find_tools(*, kamailio: bool) -> tuple[Tools | None, list[str]]:
+    """The programs and files a rig needs, or None and what is missing."""
+    absent: list[str] = []
+    kamailio_path = find_tool("kamailio") if kamailio else None
+    sipp = find_tool("sipp")
+    pcap = find_pcap()
+    if kamailio and kamailio_path is None:
+        absent.append("kamailio (Debian package kamailio)")
+    elif kamailio:
+        try:
+            kamailio_modules_dir()
+        except RuntimeError:
+            absent.append("Kamailio's rtpproxy module (rtpproxy.so)")
+    if sipp is None:
+        absent.append("sipp (Debian package sip-tester)")
+    if pcap is None:
+        absent.append("g711a.pcap from sipp (Debian package sip-tester; or RTPCLUSTER_E2E_PCAP)")
+    try:
+        import rtp.io  # noqa: F401
+    except ImportError:
+        absent.append("the rtp-io wheel (pip install rtp-io)")
+    if absent or sipp is None or pcap is None:
+        return None, absent
+    packets, seconds = pcap_packet_count(pcap)
+    return Tools(kamailio_path, sipp, pcap, packets, seconds), []
+
+
+def required_tools(what: str, *, kamailio: bool, more: Sequence[str | None] = ()) -> Tools:
+    """:func:`find_tools`, or skip the test saying what is missing (fail in CI).
+
+    ``more``: further reasons the rig cannot run here (None: no reason).
+    """
+    found, absent = find_tools(kamailio=kamailio)
+    absent += [reason for reason in more if reason is not None]
+    if found is None or absent:
+        message = f"{what} tools missing: " + "; ".join(absent)
+        missing(message + " (run .ci/install-e2e-deps as root)", "RTPCLUSTER_E2E_REQUIRED")
+    return found
+
+
 # --------------------------------------------------------------------------- ports
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def env_port(name: str) -> int:
     """Port from environment variable ``name``, or a free one picked now."""
     value = os.environ.get(name)
-    return int(value) if value else free_udp_port()
+    return int(value) if value else free_port()
 
 
 def rtp_base() -> int:
@@ -103,92 +157,31 @@ def rtp_base() -> int:
 
 RTP_BLOCK = 1000  # ports per member: 250 concurrent sessions with rtp+rtcp pairs
 
-
-# --------------------------------------------------------------------------- processes
-
-
-def _children_of(pid: int) -> list[int]:
-    """Direct children of ``pid`` (Linux /proc), for programs that fork workers."""
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found.extend(int(x) for x in (task / "children").read_text().split())
-    return found
+CLUSTER = "e2e"  # the name of the one cluster rtpcluster runs in the rig
+RUN_TIMEOUT = 150.0  # seconds a sipp UAC run may take before it is stopped
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive for our purposes
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
+# --------------------------------------------------------------------------- data files
 
 
-def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
-    """Stop a process we started (and any workers it forked) by PID.
+def read_data(name: str) -> str:
+    """A file of ``data/`` as text (markers not yet replaced)."""
+    return (DATA / name).read_text()
 
-    SIGCONT first in case a test left it stopped, then SIGTERM, then SIGKILL
-    after ``grace`` seconds; forked children still alive afterwards are
-    killed by their own PIDs.
+
+def fill(template: str, **values: object) -> str:
+    """``template`` with each ``@name@`` marker replaced by ``values[name]``.
+
+    A marker without a value is an error (a config or scenario half filled in would
+    fail later and less clearly); values without a marker are allowed.
     """
-    if proc.poll() is not None:
-        return
-    children = _children_of(proc.pid)
-    for sig in (signal.SIGCONT, signal.SIGTERM):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
-    for child in children:
-        if _alive(child):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
+    missing = sorted(set(_MARKER.findall(template)) - set(values))
+    if missing:
+        raise KeyError(f"no value for the markers {missing}")
+    return _MARKER.sub(lambda m: str(values[m.group(1)]), template)
 
 
-def wait_until(predicate: object, *, timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------------- control queries
-
-
-def udp_command(port: int, command: str, *, timeout: float = 1.0) -> str | None:
-    """Send one RTPproxy control command over UDP with a cookie; reply text or None."""
-    cookie = secrets.token_hex(8)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect((LOOPBACK, port))
-        try:
-            sock.send(f"{cookie} {command}".encode())
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                data = sock.recv(65536).decode(errors="replace")
-                head, _, rest = data.partition(" ")
-                if head == cookie:
-                    return rest
-        except (TimeoutError, ConnectionRefusedError):
-            return None
-    return None
+# --------------------------------------------------------------------------- RTPproxy members
 
 
 @dataclass(frozen=True)
@@ -198,79 +191,15 @@ class MemberStats:
     npkts_relayed: int
 
 
-# --------------------------------------------------------------------------- RTPproxy members
-
-_MEMBER_SCRIPT = """
-import signal, sys
-import rtp.io
-proxy = rtp.io.rtpproxy(extra_args=sys.argv[1:], modules=[])
-sys.stdout.write("started\\n")
-sys.stdout.flush()
-while True:
-    signal.pause()
-"""
-
-
 @dataclass
-class Member:
-    """One real RTPproxy (rtp-io) in its own subprocess, controlled over UDP."""
+class Member(RtpProxy):
+    """A member of the rig: one RTPproxy on a udp control port, and its weight."""
 
-    name: str
-    ctl_port: int
-    rtp_min: int
-    rtp_max: int
-    weight: int
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-    extra: list[str] = field(default_factory=list)  # more RTPproxy options (-n, -T ...)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.workdir / f"{self.name}.log"
-
-    def owns(self, port: int) -> bool:
-        return self.rtp_min <= port <= self.rtp_max
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            "-s",
-            f"udp:{LOOPBACK}:{self.ctl_port}",
-            "-l",
-            LOOPBACK,
-            "-F",
-            "-m",
-            str(self.rtp_min),
-            "-M",
-            str(self.rtp_max),
-            "-d",
-            "err",
-            *self.extra,
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _MEMBER_SCRIPT, *args],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        ok = wait_until(lambda: self.query("V", timeout=0.2) is not None, timeout=15)
-        if not ok:
-            self.terminate()
-            raise RuntimeError(f"RTPproxy {self.name} did not answer V; see {self.log_path}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def query(self, command: str, *, timeout: float = 1.0) -> str | None:
-        return udp_command(self.ctl_port, command, timeout=timeout)
+    weight: int = 1
 
     def stats(self, *, timeout: float = 1.0) -> MemberStats | None:
-        info = self.query("Ib", timeout=timeout)
-        counters = self.query("G npkts_rcvd npkts_relayed", timeout=timeout)
+        info = self.ask("Ib", timeout=timeout)
+        counters = self.ask("G npkts_rcvd npkts_relayed", timeout=timeout)
         if info is None or counters is None:
             return None
         match = re.search(r"active sessions: (\d+)", info)
@@ -278,19 +207,6 @@ class Member:
         if match is None or len(values) != 2:
             raise AssertionError(f"unexpected replies from {self.name}: {info!r} {counters!r}")
         return MemberStats(int(match.group(1)), int(values[0]), int(values[1]))
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.proc is not None
-        self.proc.wait(timeout=10)
-
-    def terminate(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace=3.0)
 
 
 @contextlib.contextmanager
@@ -304,221 +220,60 @@ def members(
         for index, weight in enumerate(weights):
             low = base + index * RTP_BLOCK
             member = Member(
-                name=f"{prefix}{index + 1}",
-                ctl_port=env_port(f"RTPCLUSTER_E2E_MEMBER{index + 1}_PORT"),
-                rtp_min=low,
-                rtp_max=low + RTP_BLOCK - 1,
-                weight=weight,
-                workdir=workdir / f"{prefix}{index + 1}",
+                control=f"udp:{LOOPBACK}:{env_port(f'RTPCLUSTER_E2E_MEMBER{index + 1}_PORT')}",
+                port_min=low,
+                port_max=low + RTP_BLOCK - 1,
                 extra=list(extra),
+                name=f"{prefix}{index + 1}",
+                workdir=workdir / f"{prefix}{index + 1}",
+                weight=weight,
             )
             started.append(member)
             member.start()
         yield started
     finally:
         for member in started:
-            member.terminate()
+            member.stop()
 
 
 # --------------------------------------------------------------------------- rtpcluster
 
 
-def cluster_config(
-    name: str,
-    udp_port: int,
-    unix_path: Path,
+def start_cluster(
+    workdir: Path,
     nodes: Sequence[Member],
+    sockets: Path,
+    *,
     notify: tuple[int, str] | None = None,
-) -> str:
-    """Minimal XML config: one cluster listening on udp and unix, one element per member.
+    log_level: str = "info",
+) -> RtpclusterProcess:
+    """rtpcluster with one cluster, CLUSTER, on udp and unix, one element per member.
 
-    ``notify``: (relay port, dest_socket_prefix) for a ``<disconnect_notify>``.
+    Its config and log are ``rtpcluster.xml`` and ``rtpcluster.log`` in ``workdir``, its
+    unix control socket ``ctl.sock`` and admin socket ``admin.sock`` in ``sockets`` (a
+    short directory: a socket path holds 107 bytes); its udp port is
+    RTPCLUSTER_E2E_CLUSTER_PORT or a free one. ``notify``: (relay port,
+    dest_socket_prefix) for a ``<disconnect_notify>``. Returns once it is ready (one that
+    does not come up is stopped before the error); the caller stops it.
     """
-    parts = [
-        "<rtp_cluster_config>",
-        "  <rtp_cluster>",
-        f"    <name>{name}</name>",
-        "    <protocol>udp</protocol>",
-        f"    <address>{LOOPBACK}:{udp_port}</address>",
-        f"    <listen>unix:{unix_path}</listen>",
+    cluster = RtpclusterProcess(
+        workdir,
+        env_port("RTPCLUSTER_E2E_CLUSTER_PORT"),
+        unix_path=sockets / "ctl.sock",
+        admin_path=sockets / "admin.sock",
+        log_level=log_level,
+    )
+    entries = [
+        MemberEntry.of(n.name, n, weight=n.weight, capacity=1000, status="active") for n in nodes
     ]
-    if notify is not None:
-        parts += [
-            "    <disconnect_notify>",
-            f"      <inbound_address>{LOOPBACK}:{notify[0]}</inbound_address>",
-            f"      <dest_socket_prefix>{notify[1]}</dest_socket_prefix>",
-            "    </disconnect_notify>",
-        ]
-    for node in nodes:
-        parts += [
-            "    <rtpproxy>",
-            f"      <name>{node.name}</name>",
-            "      <protocol>udp</protocol>",
-            f"      <address>{LOOPBACK}:{node.ctl_port}</address>",
-            f"      <weight>{node.weight}</weight>",
-            "      <capacity>1000</capacity>",
-            "      <status>active</status>",
-            "    </rtpproxy>",
-        ]
-    parts += ["  </rtp_cluster>", "</rtp_cluster_config>", ""]
-    return "\n".join(parts)
-
-
-@dataclass
-class Cluster:
-    """``rtpcluster serve --foreground`` as a subprocess."""
-
-    name: str
-    udp_port: int
-    unix_path: Path
-    admin_path: Path
-    config_path: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    notify: tuple[int, str] | None = None  # see cluster_config
-    log_level: str = "info"
-
-    def start(self, nodes: Sequence[Member]) -> None:
-        self.config_path.write_text(
-            cluster_config(self.name, self.udp_port, self.unix_path, nodes, self.notify)
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "rtpcluster",
-            "serve",
-            "--foreground",
-            "-c",
-            str(self.config_path),
-            "-s",
-            str(self.admin_path),
-            "--log-level",
-            self.log_level,
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.config_path.parent
-            )
-
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"rtpcluster exited with {self.proc.returncode}: "
-                    + self.log_path.read_text(errors="replace")[-2000:]
-                )
-            return udp_command(self.udp_port, "V", timeout=0.2) == "20040107\n"
-
-        if not wait_until(answers, timeout=20, interval=0.1):
-            self.terminate()
-            raise RuntimeError("rtpcluster did not answer V on its udp socket")
-
-    def ctl(self, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "rtpcluster", "ctl", "-s", str(self.admin_path), *args]
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
-
-    def members_info(self) -> dict[str, dict[str, object]]:
-        """``ctl ls CLUSTER --json``: the cluster's members by name."""
-        result = self.ctl("ls", self.name, "--json")
-        text = result.stdout
-        start, end = text.find("{"), text.rfind("}")
-        if result.returncode != 0 or start < 0:
-            raise AssertionError(f"ctl ls failed ({result.returncode}): {text}{result.stderr}")
-        document = json.loads(text[start : end + 1])
-        return {str(m["name"]): dict(m) for m in document.get("members", [])}
-
-    def terminate(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+    listen = [f"unix:{cluster.unix_path}"]
+    cluster.start(
+        config=cluster_xml(CLUSTER, cluster.udp_port, entries, listen=listen, notify=notify)
+    )
+    return cluster
 
 
 # --------------------------------------------------------------------------- Kamailio
-
-KAMAILIO_CFG = """#!KAMAILIO
-# Generated by the rtpcluster end-to-end tests.
-debug=1
-log_stderror=yes
-fork=yes
-children={children}
-auto_aliases=no
-listen=udp:{host}:{port}
-disable_tcp=yes
-
-mpath="{modules}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "maxfwd.so"
-loadmodule "pv.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "xlog.so"
-loadmodule "rtpproxy.so"
-
-modparam("rr", "append_fromtag", 1)
-modparam("rtpproxy", "rtpproxy_sock", "{rtpproxy_sock}")
-modparam("rtpproxy", "rtpproxy_tout", {tout})
-modparam("rtpproxy", "rtpproxy_retr", {retr})
-modparam("rtpproxy", "rtpproxy_disable_tout", {disable_tout})
-
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }}
-    if (is_method("OPTIONS") && uri == myself && $rU == $null) {{
-        sl_send_reply("200", "Alive");
-        exit;
-    }}
-    if (has_totag()) {{
-        if (loose_route()) {{
-            if (is_method("BYE")) {{
-                rtpproxy_destroy();
-            }}
-            t_relay();
-            exit;
-        }}
-        if (is_method("ACK") && t_check_trans()) {{
-            t_relay();
-        }}
-        exit;
-    }}
-    if (is_method("CANCEL")) {{
-        if (t_check_trans()) {{
-            t_relay();
-        }}
-        exit;
-    }}
-    if (is_method("INVITE")) {{
-        record_route();
-        if (has_body("application/sdp")) {{
-            if (!rtpproxy_offer()) {{
-                sl_send_reply("503", "No media relay");
-                exit;
-            }}
-        }}
-        t_on_reply("MEDIA_ANSWER");
-        t_on_failure("MEDIA_RELEASE");
-    }}
-    $du = "sip:{uas_host}:{uas_port}";
-    if (!t_relay()) {{
-        sl_reply_error();
-    }}
-    exit;
-}}
-
-onreply_route[MEDIA_ANSWER] {{
-    if (status =~ "^2[0-9][0-9]$" && has_body("application/sdp")) {{
-        rtpproxy_answer();
-    }}
-}}
-
-failure_route[MEDIA_RELEASE] {{
-    unforce_rtp_proxy();
-}}
-"""
 
 
 def kamailio_modules_dir() -> str:
@@ -537,7 +292,7 @@ def kamailio_modules_dir() -> str:
 
 @dataclass
 class Kamailio:
-    """Kamailio in the foreground with a generated config; stopped by PID."""
+    """Kamailio in the foreground with ``data/kamailio.cfg`` filled in; stopped by PID."""
 
     workdir: Path
     port: int
@@ -557,7 +312,8 @@ class Kamailio:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "kamailio.cfg"
         cfg.write_text(
-            KAMAILIO_CFG.format(
+            fill(
+                read_data("kamailio.cfg"),
                 children=self.children,
                 host=LOOPBACK,
                 port=self.port,
@@ -598,9 +354,11 @@ class Kamailio:
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        if not wait_until(self._answers_options, timeout=20, interval=0.1):
+        try:
+            wait_until(self._answers_options, "kamailio to answer OPTIONS", 20, 0.1)
+        except AssertionError:
             self.terminate()
-            raise RuntimeError(f"kamailio did not answer OPTIONS; see {self.log_path}")
+            raise RuntimeError(f"kamailio did not answer OPTIONS; see {self.log_path}") from None
 
     def _answers_options(self) -> bool:
         assert self.proc is not None
@@ -638,148 +396,8 @@ class Kamailio:
 
 # --------------------------------------------------------------------------- sipp
 
-UAS_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="rtpcluster e2e UAS">
-  <recv request="INVITE" crlf="true">
-    <action>
-      <ereg regexp="m=audio [0-9]+" search_in="body" check_it="true" assign_to="om"/>
-      <ereg regexp="c=IN IP4 [0-9.]+" search_in="body" check_it="true" assign_to="oc"/>
-      <log message="E2E-UAS cid=[call_id] sdp=[$oc]|[$om]"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]e2euas[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Record-Route:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=uas 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 8
-      a=rtpmap:8 PCMA/8000
-
-    ]]>
-  </send>
-  <recv request="ACK" crlf="true"/>
-  <recv request="BYE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <timewait milliseconds="1000"/>
-</scenario>
-"""
-
-UAC_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="rtpcluster e2e UAC">
-  <nop>
-    <action>
-      <gettimeofday assign_to="is,iu"/>
-    </action>
-  </nop>
-  <send retrans="500">
-    <![CDATA[
-
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: e2e <sip:e2e@[local_ip]:[local_port]>;tag=[pid]e2euac[call_number]
-      To: [service] <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: sip:e2e@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=uac 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 8
-      a=rtpmap:8 PCMA/8000
-
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true">
-    <action>
-      <gettimeofday assign_to="os,ou"/>
-      <ereg regexp="m=audio [0-9]+" search_in="body" check_it="true" assign_to="am"/>
-      <ereg regexp="c=IN IP4 [0-9.]+" search_in="body" check_it="true" assign_to="ac"/>
-      <log message="E2E-SETUP cid=[call_id] inv=[$is].[$iu] ok=[$os].[$ou] sdp=[$ac]|[$am]"/>
-    </action>
-  </recv>
-  <send>
-    <![CDATA[
-
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [routes]
-      From: e2e <sip:e2e@[local_ip]:[local_port]>;tag=[pid]e2euac[call_number]
-      To: [service] <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <nop>
-    <action>
-      <exec play_pcap_audio="{pcap}"/>
-    </action>
-  </nop>
-  <pause milliseconds="{talk_ms}"/>
-  <nop>
-    <action>
-      <gettimeofday assign_to="bye_s,bye_us"/>
-    </action>
-  </nop>
-  <send retrans="500">
-    <![CDATA[
-
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [routes]
-      From: e2e <sip:e2e@[local_ip]:[local_port]>;tag=[pid]e2euac[call_number]
-      To: [service] <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200">
-    <action>
-      <gettimeofday assign_to="end_s,end_us"/>
-      <log message="E2E-DONE cid=[call_id] bye=[$bye_s].[$bye_us] end=[$end_s].[$end_us]"/>
-    </action>
-  </recv>
-</scenario>
-"""
+UAS_SCENARIO = read_data("uas.xml")
+UAC_SCENARIO = read_data("uac.xml")  # markers: pcap, talk_ms
 
 _STAMP_RE = r"([0-9.]+)"
 # what the scenarios log of an SDP: its c= line, a bar, its m= line; group: the port
@@ -892,8 +510,7 @@ class Sipp:
                 cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
         # sipp binds before it starts reading the scenario loop; wait for the socket.
-        if not wait_until(lambda: _udp_bound(self.uas_port), timeout=10):
-            raise RuntimeError("sipp UAS did not bind its port")
+        wait_until(lambda: _udp_bound(self.uas_port), "the sipp UAS to bind its port", 10, 0.05)
 
     def uas_offers(self) -> dict[str, int]:
         if not self.uas_log.exists():
@@ -919,8 +536,8 @@ class Sipp:
         self._runs += 1
         tag = f"uac{self._runs}"
         scenario = self.workdir / f"{tag}.xml"
-        text = scenario_text.replace("{pcap}", str(self.pcap)).replace(
-            "{talk_ms}", str(self.talk_ms if talk_ms is None else talk_ms)
+        text = fill(
+            scenario_text, pcap=self.pcap, talk_ms=self.talk_ms if talk_ms is None else talk_ms
         )
         if not media:
             text = re.sub(
@@ -938,11 +555,11 @@ class Sipp:
             "-i",
             LOOPBACK,
             "-p",
-            str(free_udp_port()),
+            str(free_port()),
             "-mi",
             LOOPBACK,
             "-mp",
-            str(free_udp_port() & ~1),
+            str(free_port() & ~1),
             "-m",
             str(calls),
             "-r",
@@ -975,6 +592,30 @@ class Sipp:
             run.stop()
         if self.uas is not None:
             stop_process(self.uas)
+
+
+@contextlib.contextmanager
+def sipp_uas(
+    workdir: Path, tools: Tools, *, talk_ms: int | None = None, uas_scenario: str = UAS_SCENARIO
+) -> Iterator[Sipp]:
+    """The sipp UAS, bound and answering; it and every UAC run are stopped at the end.
+
+    ``talk_ms``: how long UAC calls with media stay up (default: ``tools.talk_ms``).
+    """
+    sipp = Sipp(
+        workdir=workdir,
+        binary=tools.sipp,
+        pcap=tools.pcap,
+        uas_port=env_port("RTPCLUSTER_E2E_UAS_PORT"),
+        uas_media_port=env_port("RTPCLUSTER_E2E_UAS_MEDIA_PORT") & ~1,
+        talk_ms=tools.talk_ms if talk_ms is None else talk_ms,
+        uas_scenario=uas_scenario,
+    )
+    try:
+        sipp.start_uas()
+        yield sipp
+    finally:
+        sipp.stop()
 
 
 def _udp_bound(port: int) -> bool:
@@ -1019,7 +660,7 @@ class UacRun:
 
 def owner_of(port: int, nodes: Sequence[Member]) -> Member | None:
     for node in nodes:
-        if node.owns(port):
+        if node.owns_port(port):
             return node
     return None
 
@@ -1053,15 +694,6 @@ def report(line: str) -> None:
     print(line)
 
 
-@dataclass(frozen=True)
-class Tools:
-    kamailio: str
-    sipp: str
-    pcap: Path
-    pcap_packets: int
-    pcap_seconds: float
-
-
 @dataclass
 class Rig:
     """Members, optionally rtpcluster in front of them, Kamailio and the sipp UAS."""
@@ -1071,7 +703,7 @@ class Rig:
     nodes: list[Member]
     kamailio: Kamailio
     sipp: Sipp
-    cluster: Cluster | None = None
+    cluster: RtpclusterProcess | None = None
 
     def node(self, name: str) -> Member:
         for member in self.nodes:

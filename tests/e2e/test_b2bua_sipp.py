@@ -18,8 +18,8 @@ Two runs:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -35,72 +35,44 @@ from tests.e2e.b2bua import (
     B2BUA_UAS_SCENARIO,
     UAC_WAITS_FOR_BYE,
     B2bua,
-    free_tcp_port,
     sippy_missing,
     uac_hangups,
     uas_hangups,
 )
 from tests.e2e.e2e_harness import (
+    CLUSTER,
     LOOPBACK,
-    Cluster,
+    RUN_TIMEOUT,
     Member,
     Sipp,
+    Tools,
     UacRun,
     env_port,
-    find_pcap,
-    find_tool,
     members,
     owner_of,
-    pcap_packet_count,
     report,
-    wait_until,
+    required_tools,
+    sipp_uas,
+    start_cluster,
 )
 from tests.e2e.e2e_harness import _stamp as sipp_time
+from testsupport import RtpclusterProcess, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
-RUN_TIMEOUT = 150.0  # seconds a sipp UAC run may take before it is stopped
 TTL = 2  # RTPproxy's session timeout (-T, and -W for the set-up) in the notify run
 
 
-@dataclass(frozen=True)
-class B2buaTools:
-    sipp: str
-    pcap: Path
-    pcap_packets: int
-    pcap_seconds: float
-
-
 @pytest.fixture(scope="session")
-def b2bua_tools() -> B2buaTools:
-    missing: list[str] = []
-    sipp = find_tool("sipp")
-    pcap = find_pcap()
-    if sipp is None:
-        missing.append("sipp (Debian package sip-tester)")
-    if pcap is None:
-        missing.append("g711a.pcap from sipp (Debian package sip-tester; or RTPCLUSTER_E2E_PCAP)")
-    try:
-        import rtp.io  # noqa: F401
-    except ImportError:
-        missing.append("the rtp-io wheel (pip install rtp-io)")
-    reason = sippy_missing()
-    if reason is not None:
-        missing.append(reason)
-    if missing or sipp is None or pcap is None:
-        message = "B2BUA end-to-end tools missing: " + "; ".join(missing)
-        if os.environ.get("RTPCLUSTER_E2E_REQUIRED") == "1":
-            pytest.fail(message + " and RTPCLUSTER_E2E_REQUIRED=1 is set", pytrace=False)
-        pytest.skip(message)
-    packets, seconds = pcap_packet_count(pcap)
-    return B2buaTools(sipp, pcap, packets, seconds)
+def b2bua_tools() -> Tools:
+    return required_tools("B2BUA end-to-end", kamailio=False, more=[sippy_missing()])
 
 
 @dataclass
 class B2buaRig:
-    tools: B2buaTools
+    tools: Tools
     nodes: list[Member]
-    cluster: Cluster
+    cluster: RtpclusterProcess
     sipp: Sipp
     b2bua: B2bua
     notify_socket_dir: Path
@@ -114,49 +86,40 @@ class B2buaRigFactory(Protocol):
 
 
 @pytest.fixture
-def b2bua_rig(b2bua_tools: B2buaTools, tmp_path: Path) -> Iterator[B2buaRigFactory]:
+def b2bua_rig(b2bua_tools: Tools, tmp_path: Path) -> Iterator[B2buaRigFactory]:
     """Build the rig with ``build(weights, notify=...)``; stopped by PID at the end."""
     with contextlib.ExitStack() as stack:
         short = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rtpc-b2b-")))
 
         def build(weights: list[int], *, notify: bool = False) -> B2buaRig:
-            relay_port = free_tcp_port()
+            relay_port = free_port(socket.SOCK_STREAM)
             extra = ["-n", f"tcp:%%CC_SELF%%:{relay_port}", "-T", str(TTL), "-W", str(TTL)]
             nodes = stack.enter_context(
                 members(tmp_path / "members", weights, extra=extra if notify else ())
             )
-            sipp = Sipp(
-                workdir=tmp_path / "sipp",
-                binary=b2bua_tools.sipp,
-                pcap=b2bua_tools.pcap,
-                uas_port=env_port("RTPCLUSTER_E2E_UAS_PORT"),
-                uas_media_port=env_port("RTPCLUSTER_E2E_UAS_MEDIA_PORT") & ~1,
-                talk_ms=int(b2bua_tools.pcap_seconds * 1000) + 500,
-                uas_scenario=B2BUA_UAS_SCENARIO,
+            sipp = stack.enter_context(
+                sipp_uas(tmp_path / "sipp", b2bua_tools, uas_scenario=B2BUA_UAS_SCENARIO)
             )
-            stack.callback(sipp.stop)
-            sipp.start_uas()
-            cluster = Cluster(
-                name="e2e",
-                udp_port=env_port("RTPCLUSTER_E2E_CLUSTER_PORT"),
-                unix_path=short / "ctl.sock",
-                admin_path=short / "admin.sock",
-                config_path=tmp_path / "rtpcluster.xml",
-                log_path=tmp_path / "rtpcluster.log",
+            cluster = start_cluster(
+                tmp_path,
+                nodes,
+                short,
                 notify=(relay_port, f"{short}/") if notify else None,
                 log_level="debug" if notify else "info",
             )
-            stack.callback(cluster.terminate)
-            cluster.start(nodes)
+            stack.callback(cluster.stop)
             # The B2BUA asks VF 20081224 once, when it comes online: only with members
             # online does rtpcluster answer it from their real capability.
             names = {n.name for n in nodes}
 
             def all_online() -> bool:
-                info = cluster.members_info()
+                info = cluster.members_info(CLUSTER)
                 return set(info) == names and all(m.get("online") for m in info.values())
 
-            assert wait_until(all_online, timeout=20, interval=0.1), cluster.members_info()
+            def listed() -> str:
+                return f"every member online: {cluster.members_info(CLUSTER)}"
+
+            wait_until(all_online, listed, 20, 0.1)
             b2bua = B2bua(
                 workdir=tmp_path / "b2bua",
                 sip_port=env_port("RTPCLUSTER_E2E_B2BUA_PORT"),
@@ -175,8 +138,8 @@ def b2bua_rig(b2bua_tools: B2buaTools, tmp_path: Path) -> Iterator[B2buaRigFacto
 
 def wait_for_b2bua_calls(rig: B2buaRig) -> None:
     """Place single short calls until one completes: the B2BUA's relay client is online."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def one_completes() -> bool:
         run = rig.sipp.start_uac(
             rig.b2bua.sip_port,
             calls=1,
@@ -186,15 +149,14 @@ def wait_for_b2bua_calls(rig: B2buaRig) -> None:
             scenario_text=B2BUA_UAC_SCENARIO,
         )
         rc = run.wait(RUN_TIMEOUT)
-        if rc == 0 and all(r.completed for r in run.records().values()):
-            return
-    raise AssertionError(
-        "no call through the B2BUA completed within 30 s; see " + str(rig.b2bua.log_path)
-    )
+        return rc == 0 and all(r.completed for r in run.records().values())
+
+    # Each try is a sipp run of its own: no pause between them.
+    wait_until(one_completes, f"a call through the B2BUA; see {rig.b2bua.log_path}", 30, 0)
 
 
 def counter(node: Member, name: str) -> int:
-    reply = node.query(f"G {name}", timeout=1.0)
+    reply = node.ask(f"G {name}", timeout=1.0)
     assert reply is not None, f"{node.name} does not answer G"
     return int(reply.split()[0])
 
@@ -218,9 +180,7 @@ def test_b2bua_calls_move_to_the_survivor_when_a_member_is_killed(
     victim, survivor = rig.node("m2"), rig.node("m1")
     relayed_before = counter(survivor, "npkts_relayed")
     run = rig.sipp.start_uac(rig.b2bua.sip_port, calls=40, rate=5, scenario_text=B2BUA_UAC_SCENARIO)
-    assert wait_until(lambda: (active_sessions(victim) or 0) >= 4, timeout=30, interval=0.1), (
-        "the victim got no call"
-    )
+    wait_until(lambda: (active_sessions(victim) or 0) >= 4, "calls on the victim", 30, 0.1)
     fault_at = time.time()
     victim.kill()
     rc = finish(run)
@@ -239,8 +199,11 @@ def test_b2bua_calls_move_to_the_survivor_when_a_member_is_killed(
     relayed = counter(survivor, "npkts_relayed") - relayed_before
     ratio = relayed / (2 * rig.tools.pcap_packets * len(on_survivor))
     assert ratio > 0.75, f"m1 relayed only {ratio:.0%} of its calls' media"
-    assert wait_until(lambda: active_sessions(survivor) == 0, timeout=10, interval=0.2), (
-        f"sessions left on m1: {active_sessions(survivor)}"
+    wait_until(
+        lambda: active_sessions(survivor) == 0,
+        lambda: f"no sessions left on m1: {active_sessions(survivor)}",
+        10,
+        0.2,
     )
     split = Counter(owner.name for owner in owners.values() if owner is not None)
     report(

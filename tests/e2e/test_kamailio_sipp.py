@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import pytest
 
 from tests.e2e.e2e_harness import (
+    CLUSTER,
+    RUN_TIMEOUT,
     CallRecord,
     Member,
     MemberStats,
@@ -34,12 +36,10 @@ from tests.e2e.e2e_harness import (
     owner_of,
     percentile,
     report,
-    wait_until,
 )
+from testsupport import wait_until
 
 pytestmark = pytest.mark.e2e
-
-RUN_TIMEOUT = 150.0  # seconds a sipp UAC run may take before it is stopped
 
 
 # --------------------------------------------------------------------------- helpers
@@ -59,7 +59,7 @@ def finish(rig: Rig, run: UacRun) -> tuple[int, dict[str, CallRecord]]:
     rc = run.wait(RUN_TIMEOUT)
     records = run.records()
     ids = set(records)
-    wait_until(lambda: ids <= set(rig.sipp.uas_offers()), timeout=5)
+    wait_until(lambda: ids <= set(rig.sipp.uas_offers()), "the UAS to log every INVITE", 5, 0.05)
     offers = rig.sipp.uas_offers()
     for call_id, record in records.items():
         record.offer_port = offers.get(call_id)
@@ -115,9 +115,10 @@ def assert_no_sessions_left(nodes: Sequence[Member]) -> None:
             (s := n.stats(timeout=0.5)) is not None and s.active_sessions == 0 for n in nodes
         )
 
-    if not wait_until(empty, timeout=10, interval=0.2):
-        left = {n.name: n.stats(timeout=0.5) for n in nodes}
-        raise AssertionError(f"sessions left on members: {left}")
+    def left() -> str:
+        return f"no sessions left on members: { ({n.name: n.stats(timeout=0.5) for n in nodes}) }"
+
+    wait_until(empty, left, 10, 0.2)
 
 
 def media_ratio(
@@ -187,11 +188,11 @@ def wait_for_sessions(node: Member, count: int, timeout: float = 30) -> None:
         stats = node.stats(timeout=0.5)
         return stats is not None and stats.active_sessions >= count
 
-    assert wait_until(enough, timeout=timeout, interval=0.1), f"{node.name} got no calls"
+    wait_until(enough, f"{node.name} to get {count} calls", timeout, 0.1)
 
 
 def sessions_created(node: Member) -> int | None:
-    reply = node.query("G nsess_created", timeout=0.5)
+    reply = node.ask("G nsess_created", timeout=0.5)
     return None if reply is None else int(reply.split()[0])
 
 
@@ -200,18 +201,23 @@ def takes_calls_again(rig: Rig, node: Member, *, deadline_s: float = 60) -> int:
     start = sessions_created(node)
     assert start is not None, f"{node.name} does not answer"
     placed = 0
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
+
+    def took_one() -> bool:
+        nonlocal placed
         run = rig.sipp.start_uac(rig.kamailio.port, calls=6, rate=20, media=False, talk_ms=0)
         rc, records = finish(rig, run)
         assert_all_completed(run, rc, records)
         placed += len(records)
         now = sessions_created(node)
-        if now is not None and now > start:
-            on_node = [c for c, m in placement(rig, records)[0].items() if m is node]
-            assert on_node, f"{node.name} created sessions for calls that are not ours"
-            return placed
-    raise AssertionError(f"{node.name} took no call within {deadline_s} s of returning")
+        if now is None or now <= start:
+            return False
+        on_node = [c for c, m in placement(rig, records)[0].items() if m is node]
+        assert on_node, f"{node.name} created sessions for calls that are not ours"
+        return True
+
+    # Each try is a sipp run of its own: no pause between them.
+    wait_until(took_one, f"{node.name} to take a call after its return", deadline_s, 0)
+    return placed
 
 
 # --------------------------------------------------------------------------- direct baseline
@@ -265,7 +271,7 @@ def test_direct_kamailio_set_with_stopped_member(make_rig: RigFactory) -> None:
         readings.append(-1 if stats is None else stats.active_sessions)
         return len(readings) >= 2 and readings[-1] == readings[-2] >= 0
 
-    assert wait_until(settled, timeout=10, interval=0.5)
+    wait_until(settled, "two equal readings of m2's sessions", 10, 0.5)
     errors = kamailio_rtpproxy_timeouts(rig)
     report(
         f"direct, SIGSTOP m2: sipp exit {rc}, {len(records)}/{run.calls} calls set up, "
@@ -381,7 +387,7 @@ def test_cluster_drain_member_with_live_calls(make_rig: RigFactory) -> None:
     before = snapshot(rig.nodes)
     run = rig.sipp.start_uac(rig.kamailio.port, calls=45, rate=6)
     wait_for_sessions(victim, 3)
-    result = cluster.ctl("modify", "e2e", "delete", victim.name)
+    result = cluster.ctl("modify", CLUSTER, "delete", victim.name)
     # Calls whose INVITE left while ctl was still starting may land on m1;
     # "after the delete" starts when ctl has its OK back.
     drain_at = time.time()
@@ -390,7 +396,7 @@ def test_cluster_drain_member_with_live_calls(make_rig: RigFactory) -> None:
     )
     live_at_drain = victim.stats()
     assert live_at_drain is not None and live_at_drain.active_sessions > 0
-    listed = cluster.members_info().get(victim.name)
+    listed = cluster.members_info(CLUSTER).get(victim.name)
     assert listed is None or listed.get("status") == "DRAINING", listed
     rc, records = finish(rig, run)
     assert_all_completed(run, rc, records)
@@ -402,8 +408,12 @@ def test_cluster_drain_member_with_live_calls(make_rig: RigFactory) -> None:
     after = snapshot(rig.nodes)
     check_media(rig, before, after, split, "cluster, drain m1")
     last_end = max(r.ended_at or 0 for c, r in records.items() if placed[c] is victim)
-    left = wait_until(lambda: victim.name not in cluster.members_info(), timeout=30)
-    assert left, f"{victim.name} still listed: {cluster.members_info().get(victim.name)}"
+    wait_until(
+        lambda: victim.name not in cluster.members_info(CLUSTER),
+        lambda: f"{victim.name} to leave: {cluster.members_info(CLUSTER).get(victim.name)}",
+        30,
+        0.05,
+    )
     report(
         f"cluster, drain m1 with {live_at_drain.active_sessions} live sessions: "
         f"{len(records)} calls, split {dict(split)}; {timing_summary(records)}; "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import socket as stdsocket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,9 +9,9 @@ from typing import Any
 import trio
 
 from rtpcluster.config import ClusterConfig, Config, MemberConfig
+from rtpcluster.endpoint import Endpoint
 from rtpcluster.service import ServeOptions, Service, run_service
-from rtpcluster.transport.endpoint import Endpoint
-from tests.rtpproxies import RtpProxy, free_port
+from testsupport import RtpProxy, UdpControlClient, free_port
 
 FAST_TIMERS: dict[str, Any] = {
     "heartbeat_interval": 0.2,
@@ -70,61 +68,6 @@ async def running_service(
             yield service
         finally:
             service.stop()
-
-
-_cookies = itertools.count(1)
-
-
-class UdpControlClient:
-    """A SIP server's view of the cluster: commands in datagrams with cookies."""
-
-    def __init__(self, endpoint: str) -> None:
-        ep = Endpoint.parse(endpoint)
-        family = stdsocket.AF_INET6 if ":" in ep.host else stdsocket.AF_INET
-        self.sock = trio.socket.socket(family, stdsocket.SOCK_DGRAM)
-        self.address = (ep.host, ep.port)
-
-    async def send_raw(self, data: bytes) -> None:
-        await self.sock.sendto(data, self.address)
-
-    async def receive(self, timeout: float = 5.0) -> bytes:
-        with trio.fail_after(timeout):
-            data: bytes = await self.sock.recv(65536)
-            return data
-
-    async def command(self, text: str, cookie: str | None = None, timeout: float = 5.0) -> str:
-        cookie = cookie or f"t{next(_cookies)}"
-        await self.send_raw(f"{cookie} {text}".encode())
-        with trio.fail_after(timeout):
-            while True:
-                data = (await self.sock.recv(65536)).decode()
-                got, _, reply = data.partition(" ")
-                if got == cookie:
-                    return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-async def stream_command(endpoint: str, text: str, newline: bool = True) -> str:
-    """One command over a unix/tcp stream; for ``unix:`` the reply ends at EOF."""
-    ep = Endpoint.parse(endpoint)
-    if ep.kind.is_path:
-        stream = await trio.open_unix_socket(ep.path)
-    else:
-        stream = await trio.open_tcp_stream(ep.host, ep.port)
-    async with stream:
-        await stream.send_all(text.encode() + (b"\n" if newline else b""))
-        chunks = []
-        with trio.fail_after(5):
-            while True:
-                data = await stream.receive_some(65536)
-                if not data:
-                    break
-                chunks.append(data)
-                if ep.kind.value != "unix" and data.endswith(b"\n"):
-                    break
-        return b"".join(chunks).decode()
 
 
 def port_of(reply: str) -> int:

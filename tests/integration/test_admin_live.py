@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,14 +13,8 @@ import trio
 from rtpcluster.config import Config, save_config
 from rtpcluster.service import ServeOptions, Service, run_service
 from tests.conftest import MemberFactory
-from tests.integration.harness import (
-    UdpControlClient,
-    cluster_config,
-    member_config,
-    owner_of,
-    wait_online,
-)
-from tests.rtpproxies import RtpProxy, free_port
+from tests.integration.harness import cluster_config, member_config, owner_of, wait_online
+from testsupport import RtpProxy, UdpControlClient, free_port, run_rtpcluster
 
 
 class Admin:
@@ -234,12 +227,7 @@ async def test_create_and_destroy_a_cluster(rtpproxy: MemberFactory, tmp_path: P
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rtpcluster", "serve", "--check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_rtpcluster("serve", "--check", "-c", str(path))
 
 
 async def test_reload_and_save_round_trip(rtpproxy: MemberFactory, tmp_path: Path) -> None:

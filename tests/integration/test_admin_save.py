@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,8 +17,9 @@ import trio
 
 from rtpcluster.config import Config, load_config, save_config
 from rtpcluster.service import ServeOptions, Service, run_service
-from tests.integration.harness import cluster_config, stream_command
-from tests.integration.test_admin_live import Admin
+from tests.integration.harness import cluster_config
+from tests.integration.test_admin_live import Admin, check_config
+from testsupport import stream_command
 
 
 class Layout:
@@ -54,15 +53,6 @@ async def serving(layout: Layout, save_dirs: tuple[str, ...] = ()) -> AsyncItera
             yield Admin(str(layout.admin))
         finally:
             service.stop()
-
-
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rtpcluster", "serve", "--check", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_save_refuses_everything_but_files_in_the_allowed_directory(

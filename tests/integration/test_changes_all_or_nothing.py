@@ -19,16 +19,9 @@ from rtpcluster.config import Config, DisconnectNotify, save_config
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.service import Service
 from tests.conftest import MemberFactory
-from tests.integration.harness import (
-    UdpControlClient,
-    cluster_config,
-    member_config,
-    owner_of,
-    stream_command,
-    wait_online,
-)
+from tests.integration.harness import cluster_config, member_config, owner_of, wait_online
 from tests.integration.test_admin_live import Admin, live_service, member_fields
-from tests.rtpproxies import RtpProxy, free_port
+from testsupport import RtpProxy, UdpControlClient, free_port, stream_command
 
 GROUP_TEXT = "Exceptions from Trio nursery"
 UNRESOLVABLE = "nonexistent.invalid"  # RFC 6761: never resolves

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,37 +13,20 @@ import pytest
 from rtpcluster.admin.client import send_command
 from rtpcluster.daemon import read_pid
 from tests.conftest import MemberFactory
-from tests.rtpproxies import free_port
-from tests.unit.test_daemon import gone, wait_until
+from testsupport import (
+    FAST_PROBES,
+    MemberEntry,
+    cluster_xml,
+    free_port,
+    gone,
+    run_rtpcluster,
+    wait_until,
+)
 
 
 def config_xml(listen_port: int, members: list[tuple[str, str]]) -> str:
-    blocks = "".join(
-        f"""
-    <rtpproxy>
-      <name>{name}</name>
-      <protocol>udp</protocol>
-      <address>{address}</address>
-    </rtpproxy>"""
-        for name, address in members
-    )
-    return f"""<?xml version="1.0"?>
-<rtp_cluster_config>
-  <rtp_cluster>
-    <name>c1</name>
-    <protocol>udp</protocol>
-    <address>127.0.0.1:{listen_port}</address>
-    <heartbeat_interval>0.2</heartbeat_interval>
-    <offline_probe_interval>0.2</offline_probe_interval>{blocks}
-  </rtp_cluster>
-</rtp_cluster_config>
-"""
-
-
-def rtpcluster(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rtpcluster", *args], capture_output=True, text=True, timeout=60
-    )
+    entries = [MemberEntry(name, address) for name, address in members]
+    return cluster_xml("c1", listen_port, entries, settings=FAST_PROBES)
 
 
 class Files:
@@ -90,14 +71,14 @@ def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path)
     port = free_port()
     files.config.write_text(config_xml(port, [("m0", address)]))
 
-    started = rtpcluster(*files.serve_args())
+    started = run_rtpcluster(*files.serve_args())
     assert started.returncode == 0, started.stderr
     pid = read_pid(str(files.pidfile))
     assert pid is not None and not gone(pid)
     wait_until(lambda: "online members = 1 (1 active" in ls(files), "the member online")
 
     # a second start is refused while the first runs
-    again = rtpcluster(*files.serve_args())
+    again = run_rtpcluster(*files.serve_args())
     assert again.returncode == 1
     assert f"already running as pid {pid}" in again.stderr
 
@@ -114,7 +95,7 @@ def test_daemon_lifecycle(rtpproxy: MemberFactory, files: Files, tmp_path: Path)
     wait_until(lambda: "reopened" in files.logfile.read_text(), "a line in the new log")
     assert "started" in rotated.read_text()
 
-    ctl = rtpcluster("ctl", "-s", str(files.socket), "ls", "c1")
+    ctl = run_rtpcluster("ctl", "-s", str(files.socket), "ls", "c1")
     assert ctl.returncode == 0
     assert "        name = m1" in ctl.stdout
 
@@ -129,7 +110,7 @@ def test_daemon_that_cannot_bind_fails_the_start(files: Files) -> None:
     files.config.write_text(config_xml(free_port(), []))
     blocker = files.socket  # a regular file where the admin socket should go
     blocker.write_text("not a socket")
-    started = rtpcluster(*files.serve_args())
+    started = run_rtpcluster(*files.serve_args())
     assert started.returncode == 1
     assert started.stderr.strip().endswith("exists and is not a socket")
     wait_until(lambda: not files.pidfile.exists(), "the pidfile to be removed")
@@ -138,7 +119,7 @@ def test_daemon_that_cannot_bind_fails_the_start(files: Files) -> None:
 def test_foreground_socket_failure_is_one_line(files: Files) -> None:
     files.config.write_text(config_xml(free_port(), []))
     files.socket.write_text("not a socket")
-    started = rtpcluster(*files.serve_args(), "--foreground")
+    started = run_rtpcluster(*files.serve_args(), "--foreground")
     assert started.returncode == 1
     assert started.stderr.splitlines()[-1].endswith("exists and is not a socket")
     assert "Traceback" not in started.stderr
@@ -150,7 +131,7 @@ def test_a_busy_control_port_fails_the_start_in_one_line(files: Files, foregroun
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         files.config.write_text(config_xml(port, []))
-        started = rtpcluster(*files.serve_args(), *(["--foreground"] if foreground else []))
+        started = run_rtpcluster(*files.serve_args(), *(["--foreground"] if foreground else []))
     assert started.returncode == 1
     reason = f"c1: cannot listen on udp:127.0.0.1:{port}: Address already in use"
     assert started.stderr.splitlines()[-1] == f"rtpcluster: {reason}"

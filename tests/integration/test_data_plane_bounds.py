@@ -17,15 +17,13 @@ from rtpcluster.protocol import MAX_COOKIE_BYTES
 from rtpcluster.service import Service
 from tests.conftest import MemberFactory
 from tests.integration.harness import (
-    UdpControlClient,
     cluster_config,
     direct_command,
     owner_of,
     running_service,
-    stream_command,
     udp_cluster,
 )
-from tests.rtpproxies import RtpProxy, free_port
+from testsupport import RtpProxy, UdpControlClient, free_port, stream_command
 
 
 def _cluster(service: Service) -> cluster_module.Cluster:

@@ -20,26 +20,11 @@ from pathlib import Path
 import pytest
 
 from rtpcluster.admin.client import send_command
-from tests.unit.test_daemon import wait_until
+from testsupport import ask, stop_process, wait_until
 
 SERVER_DESCRIPTORS = 1024
 FLOOD = 1100
 SEND_TIMEOUT = struct.pack("ll", 10, 0)  # struct timeval: 10 s
-
-
-def unix_command(path: Path, text: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        # Blocking with SO_SNDTIMEO/SO_RCVTIMEO, not settimeout(): a unix connect on a
-        # non-blocking socket fails with EAGAIN at once while the server still works
-        # through the flood in its backlog, where a blocking one waits its turn.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, SEND_TIMEOUT)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, SEND_TIMEOUT)
-        sock.connect(str(path))
-        sock.sendall(text)
-        chunks = []
-        while data := sock.recv(4096):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 @pytest.fixture
@@ -103,14 +88,13 @@ def test_flood_of_silent_connections_leaves_the_service_answering(
         sockets[0].settimeout(10)
         assert sockets[0].recv(10) == b""  # the longest idle one was dropped
 
-        assert unix_command(control, b"V") == b"20040107\n"
+        assert ask(f"unix:{control}", "V", timeout=10) == "20040107\n"
         lines, ok = send_command(str(admin), "ls", 10.0)
         assert ok and "    name = c1" in lines, lines
     finally:
         for sock in sockets:
             sock.close()
-        server.terminate()
-        server.wait(timeout=20)
+        stop_process(server, grace=20)
     text = log.read_text()
     assert f"open file limit: {limit}" in text
     assert "accept failed" not in text

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rtpcluster.config import ClusterConfig, MemberConfig, load_config
 from rtpcluster.endpoint import Endpoint
-from tests.integration.harness import FAST_TIMERS, UdpControlClient, running_service
-from tests.rtpproxies import free_port
+from tests.integration.harness import FAST_TIMERS, running_service
+from testsupport import UdpControlClient, free_port
 
 EXAMPLES = Path(__file__).parents[2] / "config"
 

@@ -9,14 +9,13 @@ import trio
 
 from tests.conftest import MemberFactory
 from tests.integration.harness import (
-    UdpControlClient,
     cluster_config,
     direct_command,
     owner_of,
     running_service,
     udp_cluster,
 )
-from tests.rtpproxies import RtpProxy, free_port
+from testsupport import RtpProxy, UdpControlClient, free_port
 
 
 async def _wait_state(service: object, name: str, online: bool) -> None:

@@ -24,8 +24,8 @@ from rtpcluster.config.models import http_endpoint
 from rtpcluster.service import ServeOptions, Service, run_service
 from tests.conftest import MemberFactory
 from tests.http_client import http_get
-from tests.integration.harness import UdpControlClient, cluster_config, wait_online
-from tests.rtpproxies import RtpProxy, free_port
+from tests.integration.harness import cluster_config, wait_online
+from testsupport import RtpProxy, UdpControlClient, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -15,9 +15,9 @@ from rtpcluster.config import Config, ListenOptions, load_config, save_config
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.service import ServeOptions, run_service
 from tests.conftest import MemberFactory
-from tests.integration.harness import cluster_config, stream_command
+from tests.integration.harness import cluster_config
 from tests.integration.test_admin_live import Admin, live_service
-from tests.rtpproxies import free_port
+from testsupport import free_port, stream_command
 
 
 def mode_of(path: Path) -> int | None:

@@ -7,15 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MemberFactory
-from tests.integration.harness import (
-    UdpControlClient,
-    cluster_config,
-    heartbeat_round,
-    owner_of,
-    running_service,
-    stream_command,
-)
-from tests.rtpproxies import free_port
+from tests.integration.harness import cluster_config, heartbeat_round, owner_of, running_service
+from testsupport import UdpControlClient, free_port, stream_command
 
 
 @pytest.mark.parametrize("kind", ["udp", "udp6", "unix", "cunix", "tcp"])

@@ -14,8 +14,6 @@ import os
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -32,14 +30,8 @@ from rtpcluster.cluster.notify import NotifyRelay, issue_tag, tag_key
 from rtpcluster.config import Config, DisconnectNotify
 from rtpcluster.service import ServeOptions, Service, run_service
 from tests.conftest import MemberFactory
-from tests.integration.harness import (
-    UdpControlClient,
-    cluster_config,
-    owner_of,
-    running_service,
-    wait_online,
-)
-from tests.rtpproxies import free_port
+from tests.integration.harness import cluster_config, owner_of, running_service, wait_online
+from testsupport import UdpControlClient, free_port, run_rtpcluster
 
 NOTIFY_LOGGER = "rtpcluster.cluster.notify"
 
@@ -392,13 +384,7 @@ def test_serve_refuses_a_key_file_others_can_read(short_dir: Path) -> None:
         </disconnect_notify></rtp_cluster></rtp_cluster_config>"""
     )
     admin = str(short_dir / "admin.sock")
-    result = subprocess.run(
-        [sys.executable, "-m", "rtpcluster", "serve", "-f", "-c", str(config), "-s", admin],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_rtpcluster("serve", "-f", "-c", str(config), "-s", admin)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         f"rtpcluster: c1: disconnect_notify key_file {key_file}: mode 0644 lets other users"

@@ -14,9 +14,9 @@ import trio
 
 from rtpcluster.config import Config, MemberStatus, save_config
 from tests.conftest import MemberFactory
-from tests.integration.harness import UdpControlClient, cluster_config, member_config, owner_of
+from tests.integration.harness import cluster_config, member_config, owner_of
 from tests.integration.test_admin_live import live_service
-from tests.rtpproxies import RtpProxy, free_port
+from testsupport import RtpProxy, UdpControlClient, free_port
 
 WAN = "192.0.2.10"
 

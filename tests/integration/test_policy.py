@@ -9,7 +9,6 @@ import pytest
 from rtpcluster.config import MemberStatus
 from tests.conftest import MemberFactory
 from tests.integration.harness import (
-    UdpControlClient,
     cluster_config,
     direct_command,
     member_config,
@@ -17,7 +16,7 @@ from tests.integration.harness import (
     running_service,
     udp_cluster,
 )
-from tests.rtpproxies import RtpProxy, free_port
+from testsupport import RtpProxy, UdpControlClient, free_port
 
 
 @pytest.fixture

@@ -18,13 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import MemberFactory
-from tests.integration.observe_harness import (
-    get,
-    require_program,
-    rtpcluster_process,
-    wait_until,
-)
-from tests.rtpproxies import free_port
+from tests.integration.observe_harness import get, require_program, rtpcluster_process
+from testsupport import free_port, stop_process, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "config" / "rtpcluster-alerts.yml"
@@ -89,13 +84,7 @@ class Prometheus:
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=20)
 
 
 @pytest.fixture

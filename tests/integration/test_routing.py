@@ -8,13 +8,8 @@ from collections import Counter
 import pytest
 
 from tests.conftest import MemberFactory
-from tests.integration.harness import (
-    UdpControlClient,
-    cluster_config,
-    owner_of,
-    running_service,
-)
-from tests.rtpproxies import free_port
+from tests.integration.harness import cluster_config, owner_of, running_service
+from testsupport import UdpControlClient, free_port
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import trio
 from rtpcluster.config import Config
 from rtpcluster.service import ServeOptions, run_service
 from tests.conftest import MemberFactory
-from tests.integration.harness import UdpControlClient, cluster_config, owner_of, wait_online
-from tests.rtpproxies import free_port
+from tests.integration.harness import cluster_config, owner_of, wait_online
+from testsupport import UdpControlClient, free_port
 
 
 async def test_stop_answers_commands_in_flight_then_closes(

@@ -22,7 +22,7 @@ import trio
 
 from rtpcluster.store import open_store
 from rtpcluster.store.redis import RedisStore
-from tests.redis_server import RedisServer, redis_server_binary
+from testsupport.redis_server import RedisServer, redis_server_binary
 
 FAST_BACKOFF = (0.01, 0.05)  # seconds: reconnect quickly once the server is back
 

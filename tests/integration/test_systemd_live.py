@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import MemberFactory
 from tests.integration.observe_harness import get, rtpcluster_process
-from tests.rtpproxies import free_port
+from testsupport import free_port
 
 
 def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> None:
@@ -28,7 +28,7 @@ def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> N
         assert get(cluster.url + "/healthz")[0] == 200
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(5)
-            client.sendto(b"c1 V", ("127.0.0.1", cluster.control_port))
+            client.sendto(b"c1 V", ("127.0.0.1", cluster.udp_port))
             assert client.recv(100) == b"c1 20040107\n"
         assert cluster.admin.exists()
 
@@ -51,7 +51,7 @@ def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> N
         cluster.signal(signal.SIGTERM)
         assert cluster.notify.until(lambda f: "STOPPING" in f)["STOPPING"] == "1"
         assert cluster.exit_code() == 0
-        lines = cluster.stderr.read_text().splitlines()
+        lines = cluster.log_path.read_text().splitlines()
 
     assert lines
     documents = [json.loads(line) for line in lines]  # every line is one JSON object

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from rtpcluster.admin.address import AdminSocketError, parse_admin_spec
 from rtpcluster.admin.server import AUTH_TIMEOUT, serve_admin
 from rtpcluster.admin.token import TokenFileError, is_loopback, read_token_file
-from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import FakeControl
 from tests.unit.test_admin_server import LineClient
 from tests.unit.test_cli import invoke
+from testsupport import free_port
 
 TOKEN = "s3cret-token-0123456789abcdef"
 

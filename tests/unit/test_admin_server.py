@@ -16,8 +16,8 @@ from rtpcluster.admin.address import AdminSocketError, parse_admin_spec, parse_o
 from rtpcluster.admin.client import AdminConnectError, send_command
 from rtpcluster.admin.server import IDLE_TIMEOUT, MAX_CONNECTIONS, serve_admin
 from rtpcluster.endpoint import Kind
-from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import FakeControl
+from testsupport import free_port
 
 
 class LineClient:

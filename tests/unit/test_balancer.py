@@ -550,8 +550,9 @@ def test_effective_weight_grows_linearly_over_the_ramp(
     w_early = effective_weight(weight, since, since + early, slow_start)
     w_late = effective_weight(weight, since, since + late, slow_start)
     assert w_early <= w_late * (1 + 1e-12)
-    if late < slow_start:  # on the ramp: the line from 10 % to 100 %
-        expected = weight * (RAMP_START + (1 - RAMP_START) * late / slow_start)
+    elapsed = (since + late) - since  # what the clock readings give, rounding included
+    if elapsed < slow_start:  # on the ramp: the line from 10 % to 100 %
+        expected = weight * (RAMP_START + (1 - RAMP_START) * max(0.0, elapsed) / slow_start)
         assert w_late == pytest.approx(expected, rel=1e-9)
 
 

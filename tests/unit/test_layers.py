@@ -65,11 +65,9 @@ def test_the_command_line_does_not_load_the_admin_server(module: str) -> None:
 
 
 def test_endpoint_is_imported_from_its_own_module() -> None:
-    """Only the transitional name transport/endpoint.py refers to the old place."""
+    assert not (SRC / "transport" / "endpoint.py").exists()
     for path in SRC.rglob("*.py"):
         relative = str(path.relative_to(SRC))
-        if relative == "transport/endpoint.py":
-            continue
         assert "rtpcluster.transport.endpoint" not in imports_of(relative), relative
 
 

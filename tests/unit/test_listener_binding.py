@@ -13,8 +13,7 @@ import trio
 from rtpcluster.config.models import ListenOptions
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.transport.listeners import Listener, ListenerError, bind_endpoint, reopen_endpoint
-from tests.integration.harness import stream_command
-from tests.rtpproxies import free_port
+from testsupport import free_port, stream_command
 
 
 async def test_a_busy_udp_port_is_named_with_the_reason() -> None:

@@ -15,8 +15,8 @@ from rtpcluster.config import ClusterConfig, Config
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.sdnotify import Notifier, socket_address, status_text, watchdog_interval
 from rtpcluster.service import ServeOptions, run_service
-from tests.rtpproxies import free_port
 from tests.unit.test_admin_commands import member
+from testsupport import free_port
 
 
 class Systemd:

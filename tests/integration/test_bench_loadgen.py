@@ -2,13 +2,14 @@
 
 Against one real RTPproxy (rtp-io, in a subprocess) for the happy path over udp and unix,
 and against a scripted UDP responder for the error paths, so that the counters are
-checked on exact, known replies. No timing is asserted.
+checked on exact, known replies. No timing is asserted. An integration test, not a unit
+test, because it starts a real RTPproxy; here (not in benchmarks/) so that
+``nox -s tests`` runs it with the rest.
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -16,22 +17,26 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the benchmarks package lives next to src/, not inside it
-    sys.path.insert(0, str(ROOT))
+from benchmarks.loadgen import LoadJob, MemberRange, merge, run_load
+from testsupport import RtpProxy, free_port, next_port_range
 
-from benchmarks.loadgen import LoadJob, MemberRange, merge, run_load  # noqa: E402
-from benchmarks.procs import RtpproxyProcess, free_udp_port  # noqa: E402
-
-RANGE = MemberRange("solo", 33000, 33999)
+RANGE = MemberRange("solo", *next_port_range())
 
 
 @pytest.fixture(scope="module")
-def rtpproxy() -> Iterator[RtpproxyProcess]:
+def rtpproxy() -> Iterator[RtpProxy]:
     pytest.importorskip("rtp.io")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        proxy = RtpproxyProcess("solo", free_udp_port(), RANGE, work, unix_path=work / "solo.sock")
+        proxy = RtpProxy(
+            control=f"udp:127.0.0.1:{free_port()}",
+            port_min=RANGE.lo,
+            port_max=RANGE.hi,
+            extra=["-T", "600", "-W", "600"],  # as the benchmark runs its members
+            name="solo",
+            workdir=work,
+            more_controls=[f"unix:{work / 'solo.sock'}"],
+        )
         proxy.start()
         try:
             yield proxy
@@ -48,8 +53,8 @@ def job(target: str, **kw: object) -> LoadJob:
 
 
 @pytest.mark.parametrize("transport", ["udp", "unix"])
-def test_calls_against_real_rtpproxy(rtpproxy: RtpproxyProcess, transport: str) -> None:
-    target = rtpproxy.udp if transport == "udp" else rtpproxy.unix
+def test_calls_against_real_rtpproxy(rtpproxy: RtpProxy, transport: str) -> None:
+    target = rtpproxy.control_of(transport)
     assert target is not None
     r = run_load(job(target, tag=f"real{transport}"))
     assert r.calls_done == 6
@@ -63,30 +68,22 @@ def test_calls_against_real_rtpproxy(rtpproxy: RtpproxyProcess, transport: str) 
     assert r.failures_by_owner.total() == 0
 
 
-def test_wrong_range_is_an_affinity_error(rtpproxy: RtpproxyProcess) -> None:
+def test_wrong_range_is_an_affinity_error(rtpproxy: RtpProxy) -> None:
     """A reply port outside every member's range cannot be attributed: counted."""
-    r = run_load(job(rtpproxy.udp, ranges=(MemberRange("elsewhere", 1000, 1999),), tag="wr"))
+    r = run_load(job(rtpproxy.control, ranges=(MemberRange("elsewhere", 1000, 1999),), tag="wr"))
     assert r.calls_failed == 6
     assert r.calls_done == 0
     assert r.affinity_errors == 6  # the U of each call; the call then stops
     assert r.failures_by_owner == {"?": 6}
 
 
-def test_offers_mode_keeps_sessions(rtpproxy: RtpproxyProcess) -> None:
-    r = run_load(job(rtpproxy.udp, mode="offers", max_calls=4, tag="offers"))
+def test_offers_mode_keeps_sessions(rtpproxy: RtpProxy) -> None:
+    r = run_load(job(rtpproxy.control, mode="offers", max_calls=4, tag="offers"))
     assert r.sent == r.calls_done == 4
     # the sessions stay: an L for one of them finds it (a non-zero port)
-    reply = _ask(rtpproxy.port, "L offers-1 127.0.0.1 4000 ft0 tt0")
+    reply = rtpproxy.ask("L offers-1 127.0.0.1 4000 ft0 tt0", timeout=2.0)
     assert reply is not None
     assert reply.split()[0] != "0"
-
-
-def _ask(port: int, command: str) -> str | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2.0)
-        s.sendto(f"c1 {command}".encode(), ("127.0.0.1", port))
-        data = s.recv(4096).decode()
-    return data.partition(" ")[2].strip() or None
 
 
 # -- scripted responder: exact replies for the error paths ---------------------------------

@@ -18,7 +18,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
+from testsupport.programs import missing
 
 REQUIRED_ENV = "RTPCLUSTER_REDIS_REQUIRED"
 START_TIMEOUT = 10.0  # seconds for the ready line; a loaded 2-core machine takes < 1
@@ -28,10 +28,10 @@ def redis_server_binary() -> str:
     """The redis-server program, or a skip (a failure where CI requires it)."""
     found = shutil.which(os.environ.get("RTPCLUSTER_REDIS_SERVER", "redis-server"))
     if found is None:
-        message = "redis-server not found (Debian package redis-server; run .ci/install-redis)"
-        if os.environ.get(REQUIRED_ENV) == "1":
-            pytest.fail(f"{message} and {REQUIRED_ENV}=1 is set", pytrace=False)
-        pytest.skip(message)
+        missing(
+            "redis-server not found (Debian package redis-server; run .ci/install-redis)",
+            REQUIRED_ENV,
+        )
     return found
 
 

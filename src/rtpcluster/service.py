@@ -7,6 +7,7 @@
     ├── signal watcher      SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 reopen the log
     ├── http server         optional (--http / <http>): metrics, JSON API, status page
     ├── systemd notifier    READY/STATUS/WATCHDOG when run by systemd ($NOTIFY_SOCKET)
+    ├── session store       its writer task (Redis/Valkey); ends at once for the memory store
     └── cluster nursery per <rtp_cluster> (cancellable on its own)
 
 It is also the :class:`~rtpcluster.cluster.control.ServiceControl` the admin plane
@@ -26,12 +27,21 @@ from pydantic import BaseModel
 
 from rtpcluster.admin.address import DEFAULT_ADMIN_SOCKET
 from rtpcluster.cluster.cluster import Cluster
-from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
+from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan, StoreInfo
 from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
 from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.failures import describe_failure
 from rtpcluster.sdnotify import Notifier, status_text
+from rtpcluster.store import (
+    SessionStore,
+    StateFileError,
+    StoreUrl,
+    open_store,
+    parse_store_url,
+    read_state_file,
+    write_state_file,
+)
 from rtpcluster.transport.listeners import (
     BoundSockets,
     ListenerError,
@@ -58,6 +68,8 @@ class ServeOptions:
     stop_grace: float = 2.0
     http: Endpoint | None = None  # where the HTTP endpoint listens; None: off
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    session_store: str | None = None  # --session-store: wins over <session_store>
+    state_file: str | None = None  # --state-file: the session table written at stop, read at start
 
 
 @dataclass
@@ -91,8 +103,12 @@ class Service:
     """
 
     def __init__(self, config: Config, options: ServeOptions) -> None:
+        """Raises StoreUrlError or StoreUnavailable for a session store it cannot use."""
         self._config = config
         self.options = options
+        self.store_url: StoreUrl = parse_store_url(options.session_store or config.session_store)
+        self.store: SessionStore = open_store(self.store_url)
+        self._restored: dict[str, dict[str, tuple[str, float]]] = {}  # from --state-file
         self.running: dict[str, Cluster] = {}
         self._nursery: trio.Nursery | None = None
         self._next_index = 0
@@ -111,7 +127,11 @@ class Service:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.store.run)  # at once: it connects in the background
+                if self.options.state_file is not None:
+                    await self._read_state(self.options.state_file)
                 await self._start_clusters(self._config.clusters, prepared)
+                self._restored.clear()
                 if self.options.admin_socket is not None:
                     from rtpcluster.admin.server import serve_admin
 
@@ -137,13 +157,52 @@ class Service:
                 task_status.started(self)
                 await self.stopped.wait()
                 self.options.notifier.stopping()
+                clusters = list(self.running.values())
                 await self._stop_clusters()
+                with trio.move_on_after(self.options.stop_grace):
+                    await self.store.flushed()  # the bindings of the last calls, too
+                if self.store.pending():
+                    log.warning(
+                        "session store %s: %d changes not written at stop",
+                        self.store_url,
+                        self.store.pending(),
+                    )
+                if self.options.state_file is not None:
+                    await self._write_state(self.options.state_file, clusters)
                 nursery.cancel_scope.cancel()
         finally:
             prepared.close()
 
     def stop(self) -> None:
         self.stopped.set()
+
+    async def _read_state(self, path: str) -> None:
+        """Take the bindings of a state file for the clusters about to start."""
+        idle = {c.name: c.session_idle_timeout for c in self._config.clusters}
+        try:
+            state = await trio.to_thread.run_sync(read_state_file, path, idle)
+        except StateFileError as exc:
+            log.error("state file %s; starting with an empty session table", exc)
+            return
+        self._restored = state.tables
+        log.info(
+            "state file %s: %d bindings read (%d older than the idle timeout, %d of clusters"
+            " not configured, dropped)",
+            path,
+            state.loaded,
+            state.expired,
+            state.unknown_cluster,
+        )
+
+    async def _write_state(self, path: str, clusters: Sequence[Cluster]) -> None:
+        """Write the session tables of the stopped ``clusters``; a failure is logged."""
+        snapshot = {cluster.name: list(cluster.bindings()) for cluster in clusters}
+        try:
+            written = await trio.to_thread.run_sync(write_state_file, path, snapshot)
+        except StateFileError as exc:
+            log.error("state file %s", exc)
+            return
+        log.info("state file %s: %d bindings written", path, written)
 
     async def _stop_clusters(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -180,7 +239,17 @@ class Service:
 
     async def _start_cluster(self, config: ClusterConfig, bound: list[BoundSockets]) -> Cluster:
         assert self._nursery is not None
-        cluster = Cluster(self._next_index, config)
+        self.store.configure(config.name, config.session_idle_timeout)
+        cluster = Cluster(self._next_index, config, self.store)
+        restored = self._restored.pop(config.name, None)
+        if restored:
+            taken, dropped = cluster.restore(restored)
+            log.info(
+                "%s: %d calls bound from the state file (%d of members not configured)",
+                config.name,
+                taken,
+                dropped,
+            )
         self._next_index += 1
         self.running[config.name] = cluster
         self._ended[cluster] = trio.Event()
@@ -206,6 +275,8 @@ class Service:
                 sockets.close()
             if self.running.get(cluster.name) is cluster:
                 del self.running[cluster.name]
+            if cluster.name not in self.running:  # none of that name started since
+                self.store.forget(cluster.name)
             self._ended.pop(cluster).set()
 
     async def _stop_now(self, cluster: Cluster) -> None:
@@ -296,6 +367,23 @@ class Service:
     def status_text(self) -> str:
         return status_text(self.clusters())
 
+    def session_store(self) -> StoreInfo:
+        store, counters = self.store, self.store.counters
+        return StoreInfo(
+            url=str(self.store_url),
+            shared=store.remote,
+            up=bool(counters.store_up),
+            pending=store.pending(),
+            writes_dropped=counters.writes_dropped,
+            outages=counters.outages,
+            reads_hit=counters.reads_hit,
+            reads_miss=counters.reads_miss,
+            reads_error=counters.reads_error,
+            bind_delay_count=counters.bind_delay_count,
+            bind_delay_sum=counters.bind_delay_sum,
+            bind_delay_max=counters.bind_delay_max,
+        )
+
     def cluster(self, name: str) -> ClusterInfo:
         return self._cluster(name).info()
 
@@ -384,7 +472,7 @@ class Service:
             new = load_config(self.options.config_path)
         except ConfigError as exc:
             raise ControlError(f"reload failed, nothing changed: {exc}") from None
-        plan = plan_reload(self.running_config(), new)
+        plan = plan_reload(self.running_config(), new, store_flag=self.options.session_store)
         try:
             prepared = await self._prepare(new)
             try:
@@ -408,6 +496,7 @@ class Service:
             if _listeners_changed(cluster.config, config):
                 await cluster.change_listeners(config, prepared.take(name), self.options.stop_grace)
             cluster.update_settings(config)
+            self.store.configure(name, config.session_idle_timeout)
             members = {m.name: m for m in config.members}
             for old_name in [n for n in cluster.members if n not in members]:
                 cluster.remove_member(old_name, None)
@@ -478,9 +567,17 @@ async def _check_member_addresses(
             )
 
 
-def plan_reload(old: Config, new: Config) -> ReloadPlan:
-    """Describe, one line per change, what applying ``new`` over ``old`` does."""
+def plan_reload(old: Config, new: Config, store_flag: str | None = None) -> ReloadPlan:
+    """Describe, one line per change, what applying ``new`` over ``old`` does.
+
+    ``store_flag``: the ``--session-store`` the service runs with, if any.
+    """
     changes: list[str] = []
+    if old.session_store != new.session_store:
+        # Shown masked: the URL may hold a password.
+        old_url, new_url = parse_store_url(old.session_store), parse_store_url(new.session_store)
+        why = "--session-store wins" if store_flag else "needs a restart"
+        changes.append(f"session_store {old_url} -> {new_url}: not applied ({why})")
     old_clusters = {c.name: c for c in old.clusters}
     for name in old_clusters.keys() - {c.name for c in new.clusters}:
         changes.append(f"cluster {name}: remove (drain)")

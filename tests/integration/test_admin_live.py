@@ -83,6 +83,7 @@ async def test_ls_in_every_form(rtpproxy: MemberFactory, tmp_path: Path) -> None
             "    inactive members = 0",
             "    online members = 2 (2 active, 0 suspended, 0 draining)",
             "    offline members = 0",
+            "Session store: memory (not shared)",
         ]
         text = await admin.until("ls Supercluster#1", lambda t: "delay = n/a" not in t)
         lines = text.splitlines()
@@ -102,6 +103,8 @@ async def test_ls_in_every_form(rtpproxy: MemberFactory, tmp_path: Path) -> None
 
         [document] = [json.loads("\n".join(await admin.ok("ls --json")))]
         assert [m["name"] for m in document["clusters"][0]["members"]] == ["m0", "m1"]
+        assert document["session_store"]["url"] == "memory"
+        assert document["session_store"]["shared"] is False
         single = json.loads("\n".join(await admin.ok("LS Supercluster#1 --JSON")))
         assert single["addresses"] == [listen]
         assert single["members"][0]["online"] is True

@@ -144,7 +144,9 @@ async def test_api_serves_the_ls_json_document_of_the_same_service(
         assert reply.status == 200 and reply.headers["content-type"] == "application/json"
         api = json.loads(reply.body)
         admin = json.loads("\n".join((await run_command(endpoint.service, "ls --json")).lines))
-        assert api.keys() == admin.keys() == {"clusters"}
+        assert api.keys() == admin.keys() == {"clusters", "session_store"}
+        assert api["session_store"] == admin["session_store"]
+        assert api["session_store"]["url"] == "memory"
         [api_cluster], [admin_cluster] = api["clusters"], admin["clusters"]
         assert api_cluster.keys() == admin_cluster.keys()
         for api_member, admin_member in zip(

@@ -16,6 +16,7 @@ from rtpcluster.cluster.control import (
     MemberInfo,
     ReloadPlan,
     ServiceControl,
+    StoreInfo,
 )
 from rtpcluster.config import (
     ClusterConfig,
@@ -98,6 +99,7 @@ class FakeControl:
         self.fail: Exception | None = None
         self.plan = ReloadPlan(changes=["add member c1/rp3"], clusters=2, members=5)
         self.config: Config = parse_config(CONFIG_XML)
+        self.store = MEMORY_STORE
         self._config_path = config_path
 
     def _record(self, *call: Any) -> None:
@@ -142,9 +144,28 @@ class FakeControl:
     def running_config(self) -> Config:
         return self.config
 
+    def session_store(self) -> StoreInfo:
+        return self.store
+
     @property
     def config_path(self) -> str:
         return self._config_path
+
+
+MEMORY_STORE = StoreInfo(
+    url="memory",
+    shared=False,
+    up=True,
+    pending=0,
+    writes_dropped=0,
+    outages=0,
+    reads_hit=0,
+    reads_miss=0,
+    reads_error=0,
+    bind_delay_count=0,
+    bind_delay_sum=0.0,
+    bind_delay_max=0.0,
+)
 
 
 @pytest.fixture
@@ -173,8 +194,33 @@ async def test_ls_keeps_the_original_lines_and_adds_the_newer_ones(control: Fake
         "    inactive members = 0",
         "    online members = 0 (0 active, 0 suspended, 0 draining)",
         "    offline members = 0",
+        "Session store: memory (not shared)",
         "OK",
     ]
+
+
+async def test_ls_ends_with_the_state_of_a_shared_store(control: FakeControl) -> None:
+    control.store = dataclasses.replace(
+        MEMORY_STORE,
+        url="redis://:***@127.0.0.1:6379/0",
+        shared=True,
+        up=False,
+        pending=12,
+        writes_dropped=3,
+        outages=2,
+        reads_hit=7,
+        reads_miss=5,
+        reads_error=1,
+    )
+    lines = await run(control, "ls")
+    assert lines[-2:] == [
+        "Session store: redis://:***@127.0.0.1:6379/0 (DOWN; 12 writes queued, 3 dropped;"
+        " 2 outages; reads 7 hit, 5 miss, 1 error)",
+        "OK",
+    ]
+    document = json.loads("\n".join((await run(control, "ls --json"))[:-1]))
+    assert document["session_store"] == dataclasses.asdict(control.store)
+    assert "Session store" not in "\n".join(await run(control, "ls Supercluster#1"))
 
 
 async def test_ls_cluster_lists_online_then_offline_members(control: FakeControl) -> None:
@@ -240,7 +286,10 @@ async def test_ls_json_is_one_document_from_the_dataclasses(control: FakeControl
     lines = await run(control, "ls --json")
     assert lines[-1] == "OK"
     document = json.loads("\n".join(lines[:-1]))
-    assert document == {"clusters": [dataclasses.asdict(info) for info in control.infos]}
+    assert document == {
+        "clusters": [dataclasses.asdict(info) for info in control.infos],
+        "session_store": dataclasses.asdict(MEMORY_STORE),
+    }
 
     lines = await run(control, "ls Supercluster#1 --json")
     assert json.loads("\n".join(lines[:-1])) == dataclasses.asdict(control.infos[0])

@@ -20,10 +20,11 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtpcluster.admin.commands import run_command
-from rtpcluster.cluster.control import ClusterInfo
+from rtpcluster.cluster.control import ClusterInfo, StoreInfo
 from rtpcluster.cluster.counters import ClusterCounters, MemberCounters
 from rtpcluster.http.app import Response, StatusApp, readiness
-from rtpcluster.http.readings import ClusterReading, MemberReading
+from rtpcluster.http.readings import ClusterReading, MemberReading, StoreReading
+from rtpcluster.store import StoreCounters
 from tests.unit.test_admin_commands import FakeControl, member
 
 # Every metric the issue names, as the text format writes the sample names.
@@ -63,12 +64,19 @@ class FakeSource:
         self.stopping = False
         self.cluster_counters: dict[str, ClusterCounters] = {}
         self.member_counters: dict[tuple[str, str], MemberCounters] = {}
+        self.store_counters = StoreCounters(store_up=1)
 
     def clusters(self) -> list[ClusterInfo]:
         return self.control.clusters()
 
     def cluster(self, name: str) -> ClusterInfo:
         return self.control.cluster(name)
+
+    def session_store(self) -> StoreInfo:
+        return self.control.session_store()
+
+    def store_reading(self) -> StoreReading:
+        return StoreReading(shared=False, pending=0, counters=self.store_counters)
 
     def readings(self) -> list[ClusterReading]:
         out = []
@@ -369,3 +377,33 @@ def test_openmetrics_when_the_scraper_asks_for_it(app: StatusApp) -> None:
     assert text.endswith("# EOF\n")
     names: Iterator[str] = (f.name for f in openmetrics_families(text))
     assert "rtpcluster_member_up" in set(names)
+
+
+def test_session_store_families_are_read_at_scrape_time(app: StatusApp, source: FakeSource) -> None:
+    got = samples(app.respond(request("/metrics")).body.decode())
+    assert got[("rtpcluster_session_store_up", labels())] == 1
+    assert got[("rtpcluster_session_store_shared", labels())] == 0
+    counters = source.store_counters
+    counters.store_up = 0
+    counters.writes_queued, counters.writes_dropped, counters.writes_written = 9, 2, 6
+    counters.reads_hit, counters.reads_miss, counters.reads_error = 4, 3, 1
+    counters.outages = 1
+    for seconds in (0.0005, 0.003, 0.003, 7.0):
+        counters.record_bind_delay(seconds)
+    got = samples(app.respond(request("/metrics")).body.decode())
+    assert got[("rtpcluster_session_store_up", labels())] == 0
+    writes = "rtpcluster_session_store_writes_total"
+    assert got[(writes, labels(result="queued"))] == 9
+    assert got[(writes, labels(result="dropped"))] == 2
+    assert got[(writes, labels(result="written"))] == 6
+    assert got[(writes, labels(result="coalesced"))] == 0
+    reads = "rtpcluster_session_store_reads_total"
+    assert [got[(reads, labels(result=r))] for r in ("hit", "miss", "error")] == [4, 3, 1]
+    assert got[("rtpcluster_session_store_outages_total", labels())] == 1
+    delay = "rtpcluster_session_store_bind_delay_seconds"
+    assert got[(delay + "_bucket", labels(le="0.001"))] == 1
+    assert got[(delay + "_bucket", labels(le="0.005"))] == 3
+    assert got[(delay + "_bucket", labels(le="5.0"))] == 3
+    assert got[(delay + "_bucket", labels(le="+Inf"))] == 4
+    assert got[(delay + "_count", labels())] == 4
+    assert got[(delay + "_sum", labels())] == pytest.approx(7.0065)

@@ -35,6 +35,7 @@ from rtpcluster.cluster.control import (
     MemberInfo,
     MemberSettingsControl,
     ServiceControl,
+    StoreInfo,
     cluster_document,
     clusters_document,
 )
@@ -200,6 +201,18 @@ def cluster_detail(info: ClusterInfo) -> list[str]:
     return lines
 
 
+def store_line(store: StoreInfo) -> str:
+    """The last line of ``ls``: which session store, and in what state."""
+    if not store.shared:
+        return f"Session store: {store.url} (not shared)"
+    state = "up" if store.up else "DOWN"
+    return (
+        f"Session store: {store.url} ({state}; {store.pending} writes queued, "
+        f"{store.writes_dropped} dropped; {store.outages} outages; reads "
+        f"{store.reads_hit} hit, {store.reads_miss} miss, {store.reads_error} error)"
+    )
+
+
 def _json_lines(document: object) -> list[str]:
     return json.dumps(document, indent=2).splitlines()
 
@@ -208,9 +221,11 @@ def _json_lines(document: object) -> list[str]:
 async def ls(ctx: AdminContext, args: LsArgs) -> Reply:
     if args.cluster is None:
         clusters = ctx.control.clusters()
+        store = ctx.control.session_store()
         if args.as_json:
-            return Reply(_json_lines(clusters_document(clusters)))
-        return Reply([line for info in clusters for line in cluster_summary(info)])
+            return Reply(_json_lines(clusters_document(clusters, store)))
+        lines = [line for info in clusters for line in cluster_summary(info)]
+        return Reply([*lines, store_line(store)])
     info = ctx.control.cluster(args.cluster)
     if args.as_json:
         return Reply(_json_lines(cluster_document(info)))

@@ -132,6 +132,7 @@ def _startup_failure(error: BaseException) -> str | None:
     from rtpcluster.config import ConfigError
     from rtpcluster.failures import describe_failure, primary_error
     from rtpcluster.http.server import HttpEndpointError
+    from rtpcluster.store import StoreUnavailable, StoreUrlError
 
     expected = (
         AdminSocketError,
@@ -140,6 +141,8 @@ def _startup_failure(error: BaseException) -> str | None:
         DaemonError,
         HttpEndpointError,
         OSError,
+        StoreUnavailable,
+        StoreUrlError,
     )
     if isinstance(primary_error(error), expected):
         return describe_failure(error)
@@ -267,13 +270,32 @@ def serve(
             "default: the config file's directory)",
         ),
     ] = None,
+    session_store: Annotated[
+        str | None,
+        typer.Option(
+            "--session-store",
+            help="where call affinity is shared: memory, redis://HOST:PORT/DB, rediss://..., "
+            "unix:///PATH?db=N (wins over <session_store>)",
+        ),
+    ] = None,
+    state_file: Annotated[
+        str | None,
+        typer.Option(
+            "--state-file",
+            help="write the session table here at stop and read it back at start "
+            "(a graceful restart keeps every call's member)",
+        ),
+    ] = None,
 ) -> None:
     """Run the cluster service (a daemon unless --foreground)."""
     cfg = _load(config)
+    store_text = _check_store(session_store, cfg)
+    state_path = _check_state_file(state_file) if state_file else None
     if check:
         from rtpcluster.config import config_warnings, summary
 
         typer.echo(summary(cfg), nl=False)
+        typer.echo(f"session store: {store_text}")
         for warning in config_warnings(cfg):
             typer.echo(f"rtpcluster: warning: {warning}", err=True)
         return
@@ -298,12 +320,41 @@ def serve(
         save_dirs=tuple(os.path.abspath(directory) for directory in save_dirs or []),
         http=_http_endpoint(http) if http else cfg.http,
         notifier=Notifier.from_environment(),
+        session_store=session_store,
+        state_file=state_path,
     )
     if foreground:
         _run_foreground(cfg, options, log_level, log_format)
     else:
         daemon = Daemon(pidfile=os.path.abspath(pidfile), logfile=os.path.abspath(logfile))
         _run_daemon(cfg, options, daemon, log_level, log_format)
+
+
+def _check_store(flag: str | None, cfg: Config) -> str:
+    """The session store to use (``--session-store`` wins), as shown (password masked).
+
+    Opening it connects nothing; it checks the URL and that the Redis extra is there.
+    """
+    from rtpcluster.store import StoreUnavailable, StoreUrlError, open_store, parse_store_url
+
+    where = "--session-store" if flag is not None else "<session_store>"
+    try:
+        url = parse_store_url(flag if flag is not None else cfg.session_store)
+        open_store(url)
+    except (StoreUrlError, StoreUnavailable) as err:
+        _fail(f"{where}: {err}", EXIT_BAD_INPUT)
+    return str(url)
+
+
+def _check_state_file(path: str) -> str:
+    """``--state-file``: absolute (the daemon runs from ``/``), in a directory that exists."""
+    absolute = os.path.abspath(path)
+    directory = os.path.dirname(absolute)
+    if os.path.isdir(absolute):
+        _fail(f"--state-file: {path} is a directory", EXIT_BAD_INPUT)
+    if not os.path.isdir(directory):
+        _fail(f"--state-file: directory {directory} does not exist", EXIT_BAD_INPUT)
+    return absolute
 
 
 def _http_endpoint(text: str) -> Endpoint:

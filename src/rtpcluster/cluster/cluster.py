@@ -18,7 +18,8 @@ the UDP sockets of listeners and members together (transport.pump).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 
 import trio
 
@@ -30,8 +31,10 @@ from rtpcluster.cluster.notify import NotifyRelay
 from rtpcluster.cluster.outcomes import Outcomes
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.cluster.store_reads import OfferReads
 from rtpcluster.cluster.supervisor import MemberSupervisor
 from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
+from rtpcluster.store import MemoryStore, SessionStore
 from rtpcluster.transport.listeners import BoundSockets, Listener
 from rtpcluster.transport.pump import DatagramPump
 
@@ -44,18 +47,29 @@ STOP_GRACE = 2.0
 
 
 class Cluster:
-    def __init__(self, index: int, config: ClusterConfig) -> None:
+    def __init__(
+        self, index: int, config: ClusterConfig, store: SessionStore | None = None
+    ) -> None:
+        """``store``: the service's session store (the memory store: nothing shared)."""
         self.index = index
         # The cluster's own settings; its members are the supervisor's (see config).
         self._settings = config.model_copy(update={"members": []})
         self.sessions: SessionTable[Member] = SessionTable(config.session_idle_timeout)
+        self._rotated_at = trio.current_time()  # the session table's last ageing
         self.pump = DatagramPump()  # the UDP sockets of listeners and members, read together
         self.supervisor = MemberSupervisor(
             config.name, self._current_settings, self.sessions, self.pump, config.members
         )
-        self.router = Router(self._settings, self.supervisor.member_list, self.sessions)
-        outcomes = Outcomes(self.sessions)
-        self.tasks = TaskExecutor(self.router, outcomes)
+        store = store or MemoryStore()
+        self.offer_reads = OfferReads(store.counters, self._idle_timeout) if store.remote else None
+        self.router = Router(
+            self._settings,
+            self.supervisor.member_list,
+            self.sessions,
+            store_reads=self.offer_reads,
+        )
+        outcomes = Outcomes(self.sessions, store=store, cluster=config.name)
+        self.tasks = TaskExecutor(self.router, outcomes, partial(store.lookup, config.name))
         self.inline = InlineExecutor(self.router, outcomes, self.tasks)
         self.front = CommandFront(self.inline.dispatch, self.tasks.handle)
         self.listeners: list[Listener] = []
@@ -75,6 +89,9 @@ class Cluster:
 
     def _current_settings(self) -> ClusterConfig:
         return self._settings
+
+    def _idle_timeout(self) -> float:
+        return self._settings.session_idle_timeout
 
     def member_list(self) -> list[Member]:
         return self.supervisor.member_list()
@@ -164,6 +181,7 @@ class Cluster:
                 next_cache_rotation = now + REPLY_CACHE_LIFETIME
             if now >= next_session_rotation:
                 forgotten = self.sessions.rotate()
+                self._rotated_at = now
                 if forgotten:
                     log.info("%s: forgot %d idle calls", self.name, forgotten)
                 next_session_rotation = now + self._settings.session_idle_timeout / 2
@@ -226,6 +244,29 @@ class Cluster:
         """The configuration without the members on their way out (what ``save`` writes)."""
         members = [m.config for m in self.supervisor.member_list() if m.state is not DRAINING]
         return self._settings.model_copy(update={"members": members})
+
+    # --- handing the table over across a restart (--state-file) ----------------------------
+
+    def bindings(self) -> Iterator[tuple[str, str, float]]:
+        """Every call-id with its member's name and the most its age can be (seconds)."""
+        since = max(0.0, trio.current_time() - self._rotated_at)
+        for call_id, member, age in self.sessions.bindings(since):
+            yield call_id, member.name, age
+
+    def restore(self, bindings: Mapping[str, tuple[str, float]]) -> tuple[int, int]:
+        """Bind the calls of a state file (call-id -> member name, age) before serving.
+
+        Returns (bound, dropped): a binding names a member this cluster does not have, or
+        one that is gone, is dropped (the call is found by a broadcast, as without it).
+        """
+        members = self.supervisor.members
+        bound = 0
+        for call_id, (name, age) in bindings.items():
+            member = members.get(name)
+            if member is not None:
+                self.sessions.restore(call_id, member, age)
+                bound += 1
+        return bound, len(bindings) - bound
 
     # --- reporting -------------------------------------------------------------------------
 

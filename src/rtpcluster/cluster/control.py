@@ -62,14 +62,36 @@ class ClusterInfo:
     members: list[MemberInfo] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class StoreInfo:
+    """The session store as ``ls`` shows it: one per service."""
+
+    url: str  # memory, or the Redis URL with its password masked
+    shared: bool  # False for the memory store
+    up: bool  # the last exchange with the store succeeded (always True for memory)
+    pending: int  # writes queued or in flight
+    writes_dropped: int  # pushed out of the full queue
+    outages: int  # times it became unreachable
+    reads_hit: int
+    reads_miss: int
+    reads_error: int  # unreachable, deadline passed, or a value that is no member name
+    bind_delay_count: int  # binds acknowledged by the store ...
+    bind_delay_sum: float  # ... seconds from bind to acknowledgement, summed
+    bind_delay_max: float  # ... and the longest
+
+
 def cluster_document(info: ClusterInfo) -> dict[str, Any]:
     """One cluster as JSON data: ``ls <cluster> --json`` and ``/api/v1/clusters/<name>``."""
     return dataclasses.asdict(info)
 
 
-def clusters_document(infos: list[ClusterInfo]) -> dict[str, Any]:
-    """Every cluster as JSON data: ``ls --json`` and ``/api/v1/clusters``."""
-    return {"clusters": [cluster_document(info) for info in infos]}
+def clusters_document(infos: list[ClusterInfo], store: StoreInfo | None = None) -> dict[str, Any]:
+    """Every cluster, and the session store, as JSON data: ``ls --json`` and
+    ``/api/v1/clusters``."""
+    document: dict[str, Any] = {"clusters": [cluster_document(info) for info in infos]}
+    if store is not None:
+        document["session_store"] = dataclasses.asdict(store)
+    return document
 
 
 @dataclass(slots=True)
@@ -113,6 +135,10 @@ class ServiceControl(Protocol):
 
     def running_config(self) -> Config:
         """The configuration as running now, runtime changes included."""
+        ...
+
+    def session_store(self) -> StoreInfo:
+        """The session store the service runs with, and its state."""
         ...
 
     @property

@@ -19,6 +19,8 @@ decision                  carried out as
 :class:`Broadcast`        ask every member of ``asks``; ``Router.combine`` makes the next
                           decision from the answers, by ``rule``, and says what they taught
                           (the ``Effect`` values)
+:class:`ReadStore`        read the call's member from the shared session store;
+                          ``Router.after_read`` makes the next decision from what it names
 ========================= ====================================================================
 
 Slot classes, not frozen ones: a frozen dataclass costs 0.4 us more to build, on every
@@ -123,7 +125,17 @@ class Broadcast:
     rule: CombineRule
 
 
-Decision = Answer | RefuseNewCall | KeepDelete | Forward | PlaceNewCall | Broadcast
+@dataclass(slots=True)
+class ReadStore:
+    """A call this process does not know: read its member from the shared session store
+    before anything else (a broadcast lookup, or placing an offer that may belong to a
+    call made through another rtpcluster)."""
+
+    request: Command
+    call_id: str
+
+
+Decision = Answer | RefuseNewCall | KeepDelete | Forward | PlaceNewCall | Broadcast | ReadStore
 
 
 # --- what a broadcast's answers taught, for Outcomes to apply ---------------------------------
@@ -134,6 +146,14 @@ class OwnerFound:
     call_id: str
     member: Member
     bind: bool  # False for a D (or Q && D) that ended the call it found
+
+
+@dataclass(slots=True)
+class OwnerStored:
+    """The session store named the call's member: bound here; nothing to write back."""
+
+    call_id: str
+    member: Member
 
 
 @dataclass(slots=True)
@@ -159,4 +179,6 @@ class AllCallsForgotten:
     pass
 
 
-Effect = OwnerFound | OwnerNotFound | CapabilityLearned | StatsLearned | AllCallsForgotten
+Effect = (
+    OwnerFound | OwnerStored | OwnerNotFound | CapabilityLearned | StatsLearned | AllCallsForgotten
+)

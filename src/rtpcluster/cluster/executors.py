@@ -9,7 +9,8 @@ runs a decision in a task, as it runs every stream command in its connection's t
 
 Both record each outcome through the same :class:`~rtpcluster.cluster.outcomes.Outcomes`
 method, and both follow a decision to the next one the Router makes of it (a fail-over,
-the U after a broadcast found its call) until there is an answer. A fault of ours while
+the U after a broadcast found its call, whatever a read of the session store named)
+until there is an answer. A fault of ours while
 carrying one out is logged and answered E990; it never reaches a client as a time-out.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -28,6 +29,7 @@ from rtpcluster.cluster.decisions import (
     Forward,
     KeepDelete,
     PlaceNewCall,
+    ReadStore,
     RefuseNewCall,
 )
 from rtpcluster.cluster.outcomes import Outcomes
@@ -47,6 +49,13 @@ INTERNAL_REPLY = error_reply(E_INTERNAL)
 
 Respond = Callable[[str], None]
 Abandon = Callable[[], None]
+# The session store's read of one call-id: the member name it holds, or None (a miss, an
+# error or its deadline passed; the store bounds the wait itself).
+ReadMember = Callable[[str], Awaitable[str | None]]
+
+
+async def _nothing_stored(call_id: str) -> str | None:
+    return None
 
 
 def _internal_error(what: object) -> str:
@@ -57,9 +66,13 @@ def _internal_error(what: object) -> str:
 class TaskExecutor:
     """Carries out decisions in a task; :meth:`run` owns the tasks it starts."""
 
-    def __init__(self, router: Router, outcomes: Outcomes) -> None:
+    def __init__(
+        self, router: Router, outcomes: Outcomes, read_member: ReadMember = _nothing_stored
+    ) -> None:
+        """``read_member``: the cluster's read of the session store (a ReadStore decision)."""
         self._router = router
         self._outcomes = outcomes
+        self._read_member = read_member
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -136,6 +149,12 @@ class TaskExecutor:
             if isinstance(decision, Broadcast):
                 answers = await self._ask_all(decision)
                 decision, effects = router.combine(decision, answers)
+                for effect in effects:
+                    outcomes.learned(effect)
+                continue
+            if isinstance(decision, ReadStore):
+                stored = await self._read_member(decision.call_id)
+                decision, effects = router.after_read(decision, stored)
                 for effect in effects:
                     outcomes.learned(effect)
                 continue

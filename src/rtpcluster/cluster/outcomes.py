@@ -5,6 +5,12 @@ carried the decision out: it binds or forgets the call, keeps a delete, counts t
 member's answer or silence (on the Member, the one place that counts them) and a new
 call's placement, and returns the reply text where there is one. A counter of an outcome
 belongs in its method and nowhere else.
+
+Every change of a call's binding is told to the session store here too, in the same
+method (plain calls that queue a write, never blocking; no-ops for the memory store): a
+bind when a new call is placed or a broadcast found its member, a refresh when a bound
+call's member answered it, an unbind when its ``D`` ended it (or was kept for a member
+that is away).
 """
 
 from __future__ import annotations
@@ -17,25 +23,41 @@ from rtpcluster.cluster import decisions
 from rtpcluster.cluster.member import REMOVED, Asked, Member
 from rtpcluster.cluster.router import TIMEOUT_REPLY, confirms_end, shape_reply
 from rtpcluster.cluster.sessions import SessionTable
-from rtpcluster.protocol import is_positive
+from rtpcluster.protocol import is_error, is_positive
+from rtpcluster.store import MemoryStore, SessionStore
 
 _KEPT_REPLY = "0\n"
 
 
 class Outcomes:
     def __init__(
-        self, sessions: SessionTable[Member], clock: Callable[[], float] = trio.current_time
+        self,
+        sessions: SessionTable[Member],
+        clock: Callable[[], float] = trio.current_time,
+        *,
+        store: SessionStore | None = None,
+        cluster: str = "",
     ) -> None:
+        """``store``: where bindings are shared (the memory store: nowhere), under the
+        name of ``cluster``."""
         self._sessions = sessions
         self._clock = clock  # when a delete is kept: its deadline counts from then
+        self._store = store or MemoryStore()
+        self._refreshes = self._store.remote  # skipped on the hot path when nothing is shared
+        self._cluster = cluster
 
     # --- a command forwarded to the call's member -----------------------------------------
 
     def forwarded(self, decision: decisions.Forward, reply: str) -> str:
         """The member answered a forwarded command."""
-        decision.member.record_answer()
-        if decision.ends_call is not None and confirms_end(decision.command.op, reply):
+        member = decision.member
+        member.record_answer()
+        command = decision.command
+        if decision.ends_call is not None and confirms_end(command.op, reply):
             self._sessions.unbind(decision.ends_call)
+            self._store.unbind(self._cluster, decision.ends_call)
+        elif self._refreshes and command.call_id is not None and not is_error(reply):
+            self._store.refresh(self._cluster, command.call_id, member.name)
         return shape_reply(reply, decision.wan)
 
     def forward_unanswered(self, decision: decisions.Forward) -> str:
@@ -57,6 +79,7 @@ class Outcomes:
         member.defer(command, self._clock())
         if call_id is not None:
             self._sessions.unbind(call_id)
+            self._store.unbind(self._cluster, call_id)
         return _KEPT_REPLY
 
     # --- a new call -----------------------------------------------------------------------
@@ -71,6 +94,7 @@ class Outcomes:
         member.record_answer()
         if is_positive("U", reply) and member.state is not REMOVED:
             self._sessions.bind(decision.call_id, member)
+            self._store.bind(self._cluster, decision.call_id, member.name)
         else:
             member.new_call_not_taken()
         return shape_reply(reply, decision.wan)
@@ -104,8 +128,13 @@ class Outcomes:
     def learned(self, effect: decisions.Effect) -> None:
         """What the answers of a broadcast taught (see Router.combine)."""
         if isinstance(effect, decisions.OwnerFound):
-            if effect.bind and effect.member.state is not REMOVED:
+            if not effect.bind:  # a D found the call and ended it
+                self._store.unbind(self._cluster, effect.call_id)
+            elif effect.member.state is not REMOVED:
                 self._sessions.bind(effect.call_id, effect.member)
+                self._store.bind(self._cluster, effect.call_id, effect.member.name)
+        elif isinstance(effect, decisions.OwnerStored):
+            self._sessions.bind(effect.call_id, effect.member)  # the store has it already
         elif isinstance(effect, decisions.OwnerNotFound):
             pass  # the call is nowhere: nothing to keep
         elif isinstance(effect, decisions.CapabilityLearned):
@@ -113,4 +142,6 @@ class Outcomes:
         elif isinstance(effect, decisions.StatsLearned):
             effect.member.stats_cache.update(effect.values)
         elif isinstance(effect, decisions.AllCallsForgotten):
+            # The store's keys of these calls are left to their TTL: a read of one names
+            # a member that no longer has the call, which answers as it would anyway.
             self._sessions.clear()

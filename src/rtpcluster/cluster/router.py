@@ -4,6 +4,9 @@ For a parsed command it returns a decision (:mod:`rtpcluster.cluster.decisions`)
 session commands follow the call-id to the member that holds the call; a new call goes
 where the Balancer says, picked once; an unknown call is looked for on every member;
 statistics are summed; ``V`` is answered here. The rules are those of docs/routing.md.
+With a shared session store, a call this process does not know is first read from the
+store (:class:`~rtpcluster.cluster.decisions.ReadStore`; offers only while
+:class:`~rtpcluster.cluster.store_reads.OfferReads` says so).
 
 It reads the members and the session table and changes neither: binding a call, counting
 a placement or a failure is what an executor records afterwards (Outcomes). No sockets,
@@ -32,7 +35,9 @@ from rtpcluster.cluster.decisions import (
     OnSilence,
     OwnerFound,
     OwnerNotFound,
+    OwnerStored,
     PlaceNewCall,
+    ReadStore,
     RefuseNewCall,
     StatsLearned,
     SumStats,
@@ -66,6 +71,7 @@ from rtpcluster.protocol import (
 )
 
 if TYPE_CHECKING:
+    from rtpcluster.cluster.store_reads import OfferReads
     from rtpcluster.config.models import ClusterConfig
 
 TIMEOUT_REPLY = error_reply(E_MEMBER_TIMEOUT)
@@ -86,10 +92,13 @@ class Router:
         members: Callable[[], Sequence[Member]],
         sessions: SessionTable[Member],
         rng: random.Random | None = None,
+        store_reads: OfferReads | None = None,
     ) -> None:
+        """``store_reads``: the store is shared (None: it is not, nothing is read)."""
         self._members = members
         self._sessions = sessions
         self._rng = rng
+        self._store_reads = store_reads
         self.apply_settings(config)
 
     def apply_settings(self, config: ClusterConfig) -> None:
@@ -109,14 +118,13 @@ class Router:
             owner = self._sessions.get(call_id)
             if owner is not None and owner.online:
                 return self._forward(owner, cmd)  # the common case, first
-            new_call = cmd.op == "U" and cmd.to_tag is None
             if owner is None or owner.state is REMOVED:
-                return self.place(cmd) if new_call else self._find_owner(cmd, call_id)
-            if cmd.op == "D":
-                return KeepDelete(owner, cmd.serialize(), call_id if _ends_call(cmd) else None)
-            if new_call:
-                return self.place(cmd)  # the SIP server offers it anew: place it anew
-            return Answer(TIMEOUT_REPLY)
+                offer = cmd.op == "U" and cmd.to_tag is None  # a new call, or one again
+                reads = self._store_reads
+                if reads is not None and (not offer or reads.wanted()):
+                    return ReadStore(cmd, call_id)
+                return self.place(cmd) if offer else self._find_owner(cmd, call_id)
+            return self._call_not_online(cmd, call_id, owner)
         op = cmd.op
         if op == "V":
             return self._version(cmd)
@@ -129,6 +137,43 @@ class Router:
         return Answer(error_reply(E_UNKNOWN_COMMAND))  # parse_command lets no other op pass
 
     # --- calls ------------------------------------------------------------------------------
+
+    def _unknown_call(self, cmd: Command, call_id: str) -> Decision:
+        """A call bound to no member: an offer is a new call, anything else is looked for."""
+        return self.place(cmd) if _is_offer(cmd) else self._find_owner(cmd, call_id)
+
+    def _call_not_online(self, cmd: Command, call_id: str, owner: Member) -> Decision:
+        """A call bound to a member that is offline or probing."""
+        if cmd.op == "D":
+            return KeepDelete(owner, cmd.serialize(), call_id if _ends_call(cmd) else None)
+        if _is_offer(cmd):
+            return self.place(cmd)  # the SIP server offers it anew: place it anew
+        return Answer(TIMEOUT_REPLY)
+
+    def after_read(
+        self, read: ReadStore, stored: str | None
+    ) -> tuple[Decision, tuple[Effect, ...]]:
+        """The next decision once the store named member ``stored`` (None: nothing usable).
+
+        A name that is no member of this cluster (or one removed) counts as nothing; a
+        member that is not online is treated as the local table treats it. If a command
+        for the same call bound it here meanwhile, that binding wins.
+        """
+        cmd, call_id = read.request, read.call_id
+        owner = self._sessions.get(call_id)
+        if owner is not None and owner.state is not REMOVED:
+            return self._known_call(cmd, call_id, owner), ()
+        if stored is not None:
+            for member in self._members():
+                if member.name == stored and member.state is not REMOVED:
+                    found = (OwnerStored(call_id, member),)
+                    return self._known_call(cmd, call_id, member), found
+        return self._unknown_call(cmd, call_id), ()
+
+    def _known_call(self, cmd: Command, call_id: str, owner: Member) -> Decision:
+        if owner.online:
+            return self._forward(owner, cmd)
+        return self._call_not_online(cmd, call_id, owner)
 
     def _forward(self, member: Member, cmd: Command) -> Forward:
         op = cmd.op
@@ -331,6 +376,11 @@ class Router:
             text = _ensure_newline(errors[0]) if errors else error_reply(E_STATS_NONE)
             return Answer(text), tuple(learned)
         return Answer(format_stats_reply(names, rule.verbose, merge_stats(parts))), tuple(learned)
+
+
+def _is_offer(cmd: Command) -> bool:
+    """A ``U`` without to-tag: the offer that creates a call, or offers it again."""
+    return cmd.op == "U" and cmd.to_tag is None
 
 
 def _wan(member: Member, cmd: Command) -> str | None:

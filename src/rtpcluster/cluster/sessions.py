@@ -20,6 +20,7 @@ its key string (bytes per call: benchmarks/scale.py).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 M = TypeVar("M")
@@ -131,6 +132,36 @@ class SessionTable(Generic[M]):
         self._young_counts.pop(member, None)
         self._old_counts.pop(member, None)
         return dropped
+
+    def bindings(self, since_rotation: float) -> Iterator[tuple[str, M, float]]:
+        """Every binding, young generation first, with the most its age can be.
+
+        The table keeps no time per call. A young binding had a command since the last
+        rotation, ``since_rotation`` seconds ago, so it is at most that old; an old one
+        at most ``since_rotation + idle_timeout / 2``. The upper bound is the age by which
+        the table itself forgets a call: at ``idle_timeout`` it is gone. O(n) (a state
+        file at stop); the table must not change while it is iterated.
+        """
+        for call_id, member in self._young.items():
+            yield call_id, member, since_rotation
+        old_age = since_rotation + self.idle_timeout / 2
+        for call_id, member in self._old.items():
+            yield call_id, member, old_age
+
+    def restore(self, call_id: str, member: M, age: float) -> None:
+        """Bind a call handed over from before a restart, ``age`` seconds since its last
+        command: into the old generation when that is half the idle timeout or more, so
+        it is forgotten as it would have been without the restart (within one more half)."""
+        if age < self.idle_timeout / 2:
+            self.bind(call_id, member)
+            return
+        if call_id in self._young or call_id in self._old:
+            return  # a binding made since is newer
+        if len(self._old) * 2 >= self.max_entries:
+            return  # full: the old generation holds as much as the young one may
+        self._old[call_id] = member
+        counts = self._old_counts
+        counts[member] = counts.get(member, 0) + 1
 
     def compact(self) -> int:
         """Rebuild a generation far bigger than its calls need; returns the bytes given back.

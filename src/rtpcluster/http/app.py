@@ -138,7 +138,9 @@ class StatusApp:
         if path == "/ready":
             return self._ready
         if path in (API_PREFIX, API_PREFIX + "/"):
-            return lambda scope: _json(200, clusters_document(self._source.clusters()))
+            return lambda scope: _json(
+                200, clusters_document(self._source.clusters(), self._source.session_store())
+            )
         if path.startswith(API_PREFIX + "/"):
             name = path[len(API_PREFIX) + 1 :]  # hypercorn has percent-decoded it
             if name and "/" not in name:

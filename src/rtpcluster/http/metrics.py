@@ -22,7 +22,8 @@ from prometheus_client.metrics_core import (
 from rtpcluster import __version__
 from rtpcluster.cluster.counters import MEMBER_RESULTS
 from rtpcluster.config.models import MemberStatus
-from rtpcluster.http.readings import ClusterReading, StatusSource
+from rtpcluster.http.readings import ClusterReading, StatusSource, StoreReading
+from rtpcluster.store import DELAY_BOUNDS
 
 _MEMBER = ("cluster", "member")
 
@@ -38,6 +39,7 @@ class ServiceCollector:
         yield _build_info()
         yield from _member_families(readings)
         yield from _cluster_families(readings)
+        yield from _store_families(self._source.store_reading())
 
 
 def _build_info() -> Metric:
@@ -168,6 +170,63 @@ def _cluster_families(readings: list[ClusterReading]) -> Iterator[Metric]:
         cache.add_metric((name,), cluster.reply_cache_entries)
         tracked.add_metric((name,), cluster.calls_tracked)
     yield from (commands, duration, new_calls, lookups, retransmits, cache, tracked)
+
+
+# The store's write results, as the counters of StoreCounters name them.
+_STORE_WRITES = ("queued", "coalesced", "dropped", "written", "rejected")
+
+
+def _store_families(reading: StoreReading) -> Iterator[Metric]:
+    """The session store: state, writes and reads, the bind -> stored delay."""
+    counters = reading.counters
+    up = _gauge(
+        "rtpcluster_session_store_up",
+        "1 while the session store answers (always 1 for the memory store).",
+        (),
+    )
+    up.add_metric((), counters.store_up)
+    shared = _gauge(
+        "rtpcluster_session_store_shared", "1 for a Redis/Valkey store, 0 for memory.", ()
+    )
+    shared.add_metric((), 1 if reading.shared else 0)
+    pending = _gauge(
+        "rtpcluster_session_store_writes_pending",
+        "Writes queued or in flight, not yet acknowledged by the store.",
+        (),
+    )
+    pending.add_metric((), reading.pending)
+    writes = CounterMetricFamily(
+        "rtpcluster_session_store_writes",
+        "Writes (SET/DEL) by what became of them: queued (accepted), coalesced (replaced by"
+        " a later write of the key), dropped (queue full), written, rejected (by the store).",
+        labels=("result",),
+    )
+    for result in _STORE_WRITES:
+        writes.add_metric((result,), getattr(counters, f"writes_{result}"))
+    reads = CounterMetricFamily(
+        "rtpcluster_session_store_reads",
+        "Reads of a call's member (GET on a local miss), by result: hit, miss, error.",
+        labels=("result",),
+    )
+    for result in ("hit", "miss", "error"):
+        reads.add_metric((result,), getattr(counters, f"reads_{result}"))
+    outages = CounterMetricFamily(
+        "rtpcluster_session_store_outages", "Times the store became unreachable.", labels=()
+    )
+    outages.add_metric((), counters.outages)
+    delay = HistogramMetricFamily(
+        "rtpcluster_session_store_bind_delay_seconds",
+        "Time from a call's bind to the store's acknowledgement of its write.",
+        labels=(),
+    )
+    cumulative, buckets = 0, []
+    for bound, count in zip(
+        (*DELAY_BOUNDS, float("inf")), counters.bind_delay_buckets, strict=True
+    ):
+        cumulative += count
+        buckets.append((_bound(bound), cumulative))
+    delay.add_metric((), buckets, counters.bind_delay_sum)
+    yield from (up, shared, pending, writes, reads, outages, delay)
 
 
 def _bound(bound: float) -> str:

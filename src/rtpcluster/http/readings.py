@@ -13,8 +13,9 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from rtpcluster.cluster.control import ClusterInfo, MemberInfo
+from rtpcluster.cluster.control import ClusterInfo, MemberInfo, StoreInfo
 from rtpcluster.cluster.counters import ClusterCounters, MemberCounters
+from rtpcluster.store import StoreCounters
 
 if TYPE_CHECKING:
     from rtpcluster.cluster.cluster import Cluster
@@ -37,6 +38,15 @@ class ClusterReading:
     calls_tracked: int
 
 
+@dataclass(slots=True)
+class StoreReading:
+    """The session store's counters (the service has one store, whatever its clusters)."""
+
+    shared: bool  # False for the memory store
+    pending: int  # writes queued or in flight now
+    counters: StoreCounters
+
+
 class StatusSource(Protocol):
     """What the HTTP app asks; :class:`ServiceStatus` answers it for a running Service."""
 
@@ -47,6 +57,12 @@ class StatusSource(Protocol):
         ...
 
     def readings(self) -> list[ClusterReading]: ...
+
+    def session_store(self) -> StoreInfo:
+        """What ``ls`` shows of the session store."""
+        ...
+
+    def store_reading(self) -> StoreReading: ...
 
     @property
     def stopping(self) -> bool: ...
@@ -91,6 +107,13 @@ class ServiceStatus:
 
     def readings(self) -> list[ClusterReading]:
         return [read_cluster(cluster) for cluster in list(self._service.running.values())]
+
+    def session_store(self) -> StoreInfo:
+        return self._service.session_store()
+
+    def store_reading(self) -> StoreReading:
+        store = self._service.store
+        return StoreReading(shared=store.remote, pending=store.pending(), counters=store.counters)
 
 
 def read_cluster(cluster: Cluster) -> ClusterReading:

@@ -125,5 +125,9 @@ class SessionStore(ABC):
         """Wait until the store is reachable (``up``) or unreachable (``not up``)."""
 
     @abstractmethod
+    def pending(self) -> int:
+        """Writes queued or in flight, not yet acknowledged by the store."""
+
+    @abstractmethod
     def describe(self) -> str:
         """One line for ``ls``: which store and in what state."""

@@ -46,5 +46,8 @@ class MemoryStore(SessionStore):
         if not up:
             await trio.sleep_forever()  # the memory store is never down
 
+    def pending(self) -> int:
+        return 0
+
     def describe(self) -> str:
         return "memory (not shared)"

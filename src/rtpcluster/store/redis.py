@@ -311,6 +311,9 @@ class RedisStore(SessionStore):
         while bool(self.counters.store_up) != up:
             await self._changed.wait()
 
+    def pending(self) -> int:
+        return len(self._queue) + self._queue.in_flight
+
     def describe(self) -> str:
         counters = self.counters
         state = "up" if counters.store_up else "down"

@@ -99,6 +99,25 @@ class RedisServer:
             process.stdout.close()
         self.socket.unlink(missing_ok=True)
 
+    def cli(self, *args: str, timeout: float = 10.0) -> str:
+        """One ``redis-cli`` command on the server's socket (Debian's redis-tools, which
+        redis-server depends on); its raw output, newline removed."""
+        program = shutil.which("redis-cli", path=os.path.dirname(self.binary)) or shutil.which(
+            "redis-cli"
+        )
+        if program is None:
+            raise RuntimeError("redis-cli not found (Debian package redis-tools)")
+        done = subprocess.run(
+            [program, "-s", str(self.socket), "--raw", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout.rstrip("\n")
+
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
 

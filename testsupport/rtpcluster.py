@@ -69,16 +69,19 @@ def cluster_xml(
     notify: tuple[int, str] | None = None,
     settings: Mapping[str, object] | None = None,
     http: str | None = None,
+    session_store: str | None = None,
 ) -> str:
     """A config of one cluster on udp 127.0.0.1:``udp_port`` (plus ``<listen>``s).
 
     ``notify``: (relay port, dest_socket_prefix) for a ``<disconnect_notify>``;
     ``settings``: more elements of the cluster (``heartbeat_interval``: 0.2 ...);
-    ``http``: the service's ``<http>`` endpoint.
+    ``http``: the service's ``<http>`` endpoint; ``session_store``: its ``<session_store>``.
     """
     out = ['<?xml version="1.0" encoding="UTF-8"?>', "<rtp_cluster_config>"]
     if http is not None:
         out.append(f"  <http>{escape(http)}</http>")
+    if session_store is not None:
+        out.append(f"  <session_store>{escape(session_store)}</session_store>")
     out += [
         "  <rtp_cluster>",
         f"    <name>{escape(name)}</name>",
@@ -185,15 +188,25 @@ class RtpclusterProcess:
         """``rtpcluster ctl`` on its admin socket."""
         return run_rtpcluster("ctl", "-s", str(self.admin), *args, timeout=timeout)
 
-    def members_info(self, cluster: str) -> dict[str, dict[str, object]]:
-        """``ctl ls CLUSTER --json``: the cluster's members by name."""
-        result = self.ctl("ls", cluster, "--json")
+    def ls_json(self, *args: str) -> dict[str, Any]:
+        """``ctl ls [CLUSTER] --json`` as a document."""
+        result = self.ctl("ls", *args, "--json")
         text = result.stdout
         start, end = text.find("{"), text.rfind("}")
         if result.returncode != 0 or start < 0:
             raise AssertionError(f"ctl ls failed ({result.returncode}): {text}{result.stderr}")
-        document = json.loads(text[start : end + 1])
+        document: dict[str, Any] = json.loads(text[start : end + 1])
+        return document
+
+    def members_info(self, cluster: str) -> dict[str, dict[str, object]]:
+        """``ctl ls CLUSTER --json``: the cluster's members by name."""
+        document = self.ls_json(cluster)
         return {str(m["name"]): dict(m) for m in document.get("members", [])}
+
+    def session_store(self) -> dict[str, Any]:
+        """``ctl ls --json``: the session store's state and counters."""
+        store: dict[str, Any] = self.ls_json()["session_store"]
+        return store
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None

@@ -151,3 +151,52 @@ def test_bad_owner_exits_2(good_config: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "no such user: no-such-user-x" in result.stderr
+
+
+def test_check_names_the_session_store_with_its_password_masked(good_config: Path) -> None:
+    result = runner.invoke(app, ["serve", "--check", "-c", str(good_config)])
+    assert result.exit_code == 0 and "session store: memory\n" in result.stdout
+    flag = ["--session-store", "redis://:s3cret@127.0.0.1:6390/2"]
+    result = runner.invoke(app, ["serve", "--check", "-c", str(good_config), *flag])
+    assert result.exit_code == 0
+    assert "session store: redis://:***@127.0.0.1:6390/2\n" in result.stdout
+    assert "s3cret" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--session-store", "redis://:pw@host:99999/0"], "--session-store: session store URL"),
+        (["--session-store", "mysql://db"], "expected memory, redis://"),
+        (["--session-store", ""], "is empty"),
+        (["--state-file", "/nonexistent-dir-x/state"], "directory /nonexistent-dir-x does not"),
+        (["--state-file", "/"], "--state-file: / is a directory"),
+    ],
+)
+def test_a_bad_session_store_or_state_file_is_one_line_and_exit_2_also_in_check(
+    good_config: Path, args: list[str], expected: str
+) -> None:
+    for check in (["--check"], ["-f"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "rtpcluster", "serve", *check, "-c", str(good_config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        [line] = done.stderr.splitlines()
+        assert expected in line and "pw" not in line
+        assert "Traceback" not in done.stderr
+
+
+def test_a_redis_store_without_the_extra_installed_is_one_line(
+    good_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "coredis", None)  # import coredis fails
+    monkeypatch.delitem(sys.modules, "rtpcluster.store.redis", raising=False)
+    flag = ["--session-store", "unix:///run/redis/redis.sock"]
+    result = runner.invoke(app, ["serve", "--check", "-c", str(good_config), *flag])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    assert "needs the coredis package (pip install 'rtpcluster[redis]')" in line

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -296,3 +296,61 @@ def test_compact_gives_back_the_room_of_calls_that_ended() -> None:
     assert table.compact() == 0
     assert len(table) == 1_000 and table.count(A) == 1_000
     assert table.get("call-99999") is A and table.get("call-0") is None
+
+
+# --- handing the table over (--state-file) ---------------------------------------------
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("bind"), st.integers(0, 30), st.sampled_from([A, B, C])),
+            st.tuples(st.just("unbind"), st.integers(0, 30), st.just(A)),
+            st.tuples(st.just("get"), st.integers(0, 30), st.just(A)),
+            st.tuples(st.just("rotate"), st.just(0), st.just(A)),
+        ),
+        max_size=60,
+    ),
+    st.floats(0.0, 1800.0),
+)
+def test_bindings_restored_in_a_new_table_give_the_same_calls_in_the_same_generations(
+    steps: list[tuple[str, int, Owner]], since_rotation: float
+) -> None:
+    """Each binding once, young ones aged at most ``since_rotation``, old ones at most half
+    an idle timeout more; restored, they land in the generation they came from."""
+    table: SessionTable[Owner] = SessionTable(idle_timeout=3600.0)
+    for op, n, owner in steps:
+        if op == "bind":
+            table.bind(f"c{n}", owner)
+        elif op == "unbind":
+            table.unbind(f"c{n}")
+        elif op == "get":
+            table.get(f"c{n}")
+        else:
+            table.rotate()
+    young = dict(table._young)
+    listed = list(table.bindings(since_rotation))
+    assert len(listed) == len(table) == len({call for call, _, _ in listed})
+    for call, _owner, age in listed:
+        expected = since_rotation if call in young else since_rotation + 1800.0
+        assert age == expected, call
+    restored: SessionTable[Owner] = SessionTable(idle_timeout=3600.0)
+    for call, owner, age in listed:
+        restored.restore(call, owner, age)
+    assert {c: m for c, m, _ in restored.bindings(0.0)} == {c: m for c, m, _ in listed}
+    assert dict(restored._young) == {c: m for c, m, a in listed if a < 1800.0}
+    for owner in (A, B, C):
+        assert restored.count(owner) == table.count(owner)
+    restored.rotate()
+    restored.rotate()  # the restored old generation is forgotten one rotation earlier
+    assert len(restored) == 0
+
+
+def test_a_restored_binding_never_replaces_a_newer_one_nor_overfills_the_table() -> None:
+    table: SessionTable[Owner] = SessionTable(idle_timeout=100.0, max_entries=4)
+    table.bind("c1", A)
+    table.restore("c1", B, 80.0)  # old: the binding made since wins
+    assert table.get("c1") is A
+    for n in range(5):
+        table.restore(f"o{n}", B, 70.0)
+    assert len(table) <= 4 and table.count(B) == 2

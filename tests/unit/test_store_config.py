@@ -79,3 +79,15 @@ async def test_memory_store_shares_nothing_and_never_waits() -> None:
     assert store.counters.store_up == 1
     assert store.counters.writes_queued == 0
     assert store.describe() == "memory (not shared)"
+
+
+def test_a_reload_that_changes_the_store_says_it_is_not_applied_without_the_password() -> None:
+    from rtpcluster.service import plan_reload
+
+    old = parse_config(config_with(""))
+    new = parse_config(config_with("<session_store>redis://:pw@cache:6390/1</session_store>"))
+    line = "session_store memory -> redis://:***@cache:6390/1: not applied (needs a restart)"
+    assert plan_reload(old, new).changes == [line]
+    flagged = plan_reload(old, new, store_flag="unix:///run/r.sock").changes
+    assert flagged == [line.replace("needs a restart", "--session-store wins")]
+    assert plan_reload(new, new).changes == []

@@ -42,6 +42,7 @@ from typing import Literal
 DEFAULT_WAITS: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 UNKNOWN = "?"  # owner of a call whose U got no usable reply
+_DELAYED = -2  # a heap entry that sends a slot's next command (after answer_delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,10 @@ class LoadJob:
     waits: tuple[float, ...] = DEFAULT_WAITS
     drain: float = 5.0  # after the window, seconds to let started calls finish
     record_events: bool = False  # keep (send time, owner, ok, latency) of every U
+    # Another front end for the L, re-U and D of each call (udp only): the U goes to
+    # ``target``, the rest here, as when the SIP answer passes through another server.
+    continue_target: str | None = None
+    answer_delay: float = 0.0  # seconds from the U's reply to sending the L (the callee)
 
 
 @dataclass(slots=True)
@@ -202,6 +207,7 @@ class _Runner:
         self.next_cmd = 0
         self.calls_started = 0
         self.active = 0
+        self.delayed = 0  # calls waiting for their answer_delay to pass
         self.running = True
         self.t_start = 0.0
         self.t_end = 0.0
@@ -209,14 +215,24 @@ class _Runner:
         # one port -> member lookup table per run: cheap and exact
         self.ranges = sorted((r.lo, r.hi, r.name) for r in job.ranges)
         self.dgram: socket.socket | None = None
+        self.dgram_continue: socket.socket | None = None  # continue_target's, if any
         if not self.stream:
-            s = socket.socket(self.family, socket.SOCK_DGRAM)
-            with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            s.connect(self.addr)
-            s.setblocking(False)
-            self.sel.register(s, selectors.EVENT_READ, None)
-            self.dgram = s
+            self.dgram = self._datagram_socket(self.family, self.addr)
+            self.dgram_continue = self.dgram
+            if job.continue_target is not None:
+                family, addr = parse_target(job.continue_target)
+                if family == socket.AF_UNIX:
+                    raise ValueError("continue_target must be a udp target")
+                self.dgram_continue = self._datagram_socket(family, addr)
+
+    def _datagram_socket(self, family: int, addr: str | tuple[str, int]) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.connect(addr)
+        s.setblocking(False)
+        self.sel.register(s, selectors.EVENT_READ, None)
+        return s
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -289,10 +305,11 @@ class _Runner:
             self.transmit(slot)
 
     def transmit(self, slot: _Slot) -> None:
-        assert self.dgram is not None
+        sock = self.dgram if slot.step == 0 else self.dgram_continue
+        assert sock is not None
         # a full send buffer or a refused port (ICMP) is like a lost datagram: resend later
         with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
-            self.dgram.send(slot.payload)
+            sock.send(slot.payload)
 
     def connect(self, slot: _Slot, now: float) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -329,9 +346,8 @@ class _Runner:
 
     # -- receiving ---------------------------------------------------------------------
 
-    def on_datagrams(self, now: float) -> None:
-        assert self.dgram is not None
-        recv = self.dgram.recv
+    def on_datagrams(self, sock: socket.socket, now: float) -> None:
+        recv = sock.recv
         pending = self.pending
         while True:
             try:
@@ -428,6 +444,10 @@ class _Runner:
         elif step + 1 < self.steps:
             # after a failed answer or re-offer still delete the call
             slot.step = 3 if slot.failed else step + 1
+            if step == 0 and self.job.answer_delay > 0.0:
+                self.delayed += 1
+                heapq.heappush(self.heap, (now + self.job.answer_delay, _DELAYED, slot.idx))
+                return
             self.send(slot, now)
             return
         elif slot.failed:
@@ -459,10 +479,10 @@ class _Runner:
             now = time.monotonic()
             if self.running and (now >= self.t_end or self.calls_started >= job.max_calls):
                 self.running = False
-            if not self.running and self.active == 0:
+            if not self.running and self.active == 0 and self.delayed == 0:
                 break
             if now >= self.t_end + job.drain:
-                self.res.abandoned = self.active
+                self.res.abandoned = self.active + self.delayed
                 break
             while heap and heap[0][0] <= now:
                 _, cmd_id, idx = heapq.heappop(heap)
@@ -470,21 +490,25 @@ class _Runner:
                     self.on_arrival(now)
                     continue
                 slot = slots[idx]
-                if slot.cmd_id == cmd_id:
+                if cmd_id == _DELAYED:
+                    self.delayed -= 1
+                    self.send(slot, now)
+                elif slot.cmd_id == cmd_id:
                     self.on_timer(slot, now)
             timeout = min(heap[0][0] - now, 0.05) if heap else 0.05
             for key, _ in select(max(timeout, 0.0)):
                 now = time.monotonic()
                 if key.data is None:
-                    self.on_datagrams(now)
+                    self.on_datagrams(key.fileobj, now)  # type: ignore[arg-type]
                 else:
                     self.on_stream(key.data, now)
         end = self.t_end if self.calls_started < job.max_calls else self.t_last_in_window
         self.res.window = max(min(end, self.t_end) - self.t_start, 1e-9)
         for slot in self.slots:
             self.close_stream(slot)
-        if self.dgram is not None:
-            self.dgram.close()
+        for sock in {self.dgram, self.dgram_continue}:
+            if sock is not None:
+                sock.close()
         self.sel.close()
         cpu1 = os.times()
         self.res.cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)

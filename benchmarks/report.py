@@ -24,6 +24,14 @@ TARGETS_TEXT = {
     "killed_return": "a restarted member takes calls within 3 s",
     "healthy_failures": "0 failed commands for calls on healthy members",
     "affinity": "0 affinity errors (every L/re-U/D reached the U's member)",
+    "store_steady_16": "Redis store at 16 in flight (udp) >= 0.9 x the memory store",
+    "store_steady_1": "Redis store at 1 in flight (udp) >= 0.9 x the memory store",
+    "store_window_16": "Redis store reading every offer (the first idle timeout after a start)"
+    " at 16 in flight >= 0.9 x the memory store",
+    "store_window_1": "Redis store reading every offer (the first idle timeout after a start)"
+    " at 1 in flight >= 0.9 x the memory store",
+    "store_bind_delay": "bindings in Redis within 50 ms of the bind (share of binds)",
+    "store_cross_affinity": "0 affinity errors with U on one rtpcluster, the rest on another",
 }
 
 
@@ -84,6 +92,24 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         if side is not None
     ]
     out.append(_target("affinity", sum(aff) if aff else None, 0, "<=", ""))
+    out += _store_targets(results.get("session_store") or {})
+    return out
+
+
+def _store_targets(store: dict[str, Any]) -> list[dict[str, Any]]:
+    if not store:
+        return []
+    out = []
+    levels = {row["in_flight"]: row for row in store.get("levels", [])}
+    for side in ("steady", "window"):
+        for level in (16, 1):
+            row = levels.get(level)
+            ratio = row.get(f"{side}_ratio") if row else None
+            out.append(_target(f"store_{side}_{level}", ratio, 0.9, ">=", "x memory"))
+    delay = store.get("bind_delay") or {}
+    out.append(_target("store_bind_delay", delay.get("within_50ms"), 0.99, ">=", "of binds"))
+    cross = [e["cross"]["affinity_errors"] for e in store.get("cross", [])]
+    out.append(_target("store_cross_affinity", sum(cross) if cross else None, 0, "<=", ""))
     return out
 
 
@@ -191,6 +217,75 @@ def _side_cells(s: dict[str, Any] | None) -> list[str]:
     if not s:
         return ["-", "-", "-"]
     return [_f(s["cmds_per_s"], ".0f"), _f(s["p50_ms"]), _f(s["p99_ms"])]
+
+
+def _store_section(store: dict[str, Any]) -> list[str]:
+    """The session-store rows (benchmarks/shared_store.py)."""
+    if not store.get("levels"):
+        return []
+    out = [
+        "## Session store (Redis)",
+        "",
+        "The same calls through the memory-store cluster and through rtpcluster processes"
+        " with the Redis store (a local redis-server on a unix socket), alternating round by"
+        f" round ({store['rounds']} rounds of {store['round_seconds']:g} s per figure)."
+        " *Offers read*: a process in its first idle timeout, which reads every offer of an"
+        " unknown call from the store before placing it; *steady*: one whose window has"
+        f" closed (session_idle_timeout {store['steady_idle_s']:g} s, its first offer a"
+        " minute before), which places offers at once and writes every bind, refresh and"
+        " unbind. The reads columns count the store reads each side made.",
+        "",
+        "| in flight | memory cmd/s | memory p50 ms | offers read cmd/s | p50 ms | ratio"
+        " | reads | steady cmd/s | p50 ms | ratio | reads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in store["levels"]:
+        m = row["memory"]
+        cells = [str(row["in_flight"]), _f(m["cmds_per_s"], ".0f"), _f(m["p50_ms"])]
+        for side in ("window", "steady"):
+            s = row[side]
+            cells += [_f(s["cmds_per_s"], ".0f"), _f(s["p50_ms"]), _f(row[f"{side}_ratio"], ".2f")]
+            cells.append(_reads(row.get(f"{side}_reads")))
+        out.append("| " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Cross front end: each call's U through one rtpcluster, its L, re-U and D through"
+        " another (both with the Redis store), the L sent a fixed delay after the U's reply;"
+        " against the same calls through the memory-store cluster alone. *Member lookups*:"
+        " broadcasts, from the members' own `ncmds_errs` (an L whose binding was not stored"
+        " yet is found that way).",
+        "",
+        "| in flight | answer delay ms | one front end cmd/s | p50 ms | p99 ms"
+        " | across cmd/s | p50 ms | p99 ms | ratio | member lookups | reads of the second"
+        " | affinity errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in store.get("cross", []):
+        same, cross = e["same"], e["cross"]
+        out.append(
+            f"| {e['in_flight']} | {e['answer_delay_ms']:g} | {_f(same['cmds_per_s'], '.0f')}"
+            f" | {_f(same['p50_ms'])} | {_f(same['p99_ms'])} | {_f(cross['cmds_per_s'], '.0f')}"
+            f" | {_f(cross['p50_ms'])} | {_f(cross['p99_ms'])} | {_f(e['ratio'], '.2f')}"
+            f" | {e['member_lookups']} | {_reads(e['continued_reads'])}"
+            f" | {cross['affinity_errors']} |"
+        )
+    delay = store.get("bind_delay") or {}
+    if delay:
+        out += [
+            "",
+            f"Bind -> stored (the stores' own histogram, every bind of these rows):"
+            f" {delay['count']} binds, mean {_f(delay['mean_ms'], '.2f')} ms,"
+            f" {delay['within_50ms']:.2%} within 50 ms; 99 % within the"
+            f" {_f(delay['p99_bound_ms'], 'g')} ms bucket. The writer waits 5 ms after the"
+            " first write it sees, so that one pipeline carries the writes of several calls.",
+        ]
+    return [*out, ""]
+
+
+def _reads(reads: dict[str, int] | None) -> str:
+    if not reads:
+        return "-"
+    return f"{reads['hit']} hit, {reads['miss']} miss, {reads['error']} error"
 
 
 def render_markdown(results: dict[str, Any], png_name: str) -> str:
@@ -374,6 +469,7 @@ def render_markdown(results: dict[str, Any], png_name: str) -> str:
                 f" | {f['failed_on_victim']} |"
             )
         out.append("")
+    out += _store_section(results.get("session_store") or {})
     out += [
         "## Where the time goes",
         "",

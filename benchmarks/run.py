@@ -6,6 +6,11 @@ load processes; runs the phases; writes ``benchmarks/results/latest.json``,
 ``latest.png`` and ``docs/performance.md``. Everything started is stopped by PID at the
 end, also on errors. If the cluster cannot be started the direct figures are still taken
 and the report says why the cluster ones are missing.
+
+The session-store rows (benchmarks/shared_store.py) need a redis-server: three more
+rtpcluster processes with the Redis store are started at the beginning (so that the
+steady side's offer window has closed by the time they run). ``--only-store`` runs those
+rows alone and writes ``results/session-store.json``, not the report.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report, scale, scenarios
+from benchmarks import report, scale, scenarios, shared_store
 from benchmarks.loadgen import LoadPool, MemberRange
 from testsupport import MemberEntry, RtpclusterProcess, RtpProxy, cluster_xml, free_port
 
@@ -57,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cluster", action="store_true", help="direct RTPproxy figures only")
     ap.add_argument("--skip-failover", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--skip-store", action="store_true", help="no session-store rows")
+    ap.add_argument(
+        "--only-store",
+        action="store_true",
+        help="only the session-store rows; writes results/session-store.json, not the report",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="directory for json/png")
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file to generate")
     ap.add_argument(
@@ -111,9 +123,22 @@ def main(argv: list[str] | None = None) -> int:
             meta["cluster_status"] = "skipped (--no-cluster)"
         else:
             cluster = _start_cluster(work, members, started, meta)
+        fleet = None
+        if cluster is not None and not args.skip_store:
+            fleet = _start_store_fleet(work, members, started, meta)
         pool = LoadPool(args.load_procs)
         runner = scenarios.Runner(pool)
         try:
+            if args.only_store:
+                if cluster is None or fleet is None:
+                    log(f"session store rows not measured: {meta['notes'] or 'no cluster'}")
+                    return 1
+                log("session store (alternating memory / redis):")
+                store = shared_store.measure(runner, plan, members, cluster, fleet, log)
+                path = args.results / "session-store.json"
+                report.write_json({"meta": meta, "session_store": store}, path)
+                log(f"wrote {_rel(path)}")
+                return 0
             log("side by side (alternating direct / cluster):")
             results["side_by_side"] = scenarios.side_by_side(
                 runner, plan, direct, members, cluster, log
@@ -129,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                     mode: scenarios.failover(runner, plan, mode, members, cluster, log)
                     for mode in plan.failover_modes
                 }
+            if cluster is not None and fleet is not None:
+                log("session store (alternating memory / redis):")
+                results["session_store"] = shared_store.measure(
+                    runner, plan, members, cluster, fleet, log
+                )
         finally:
             pool.close()
     if not args.skip_scale:
@@ -184,6 +214,21 @@ def _start_cluster(
     meta["cluster_status"] = f"could not start: {errors[-1]}"
     log(f"cluster: {meta['cluster_status']}")
     return None
+
+
+def _start_store_fleet(
+    work: Path, members: list[RtpProxy], started: contextlib.ExitStack, meta: dict[str, Any]
+) -> shared_store.StoreFleet | None:
+    """The redis-server and the Redis-store processes, or None with a note why not."""
+    binary = shutil.which(os.environ.get("RTPCLUSTER_REDIS_SERVER", "redis-server"))
+    if binary is None:
+        meta["notes"].append("session store rows not measured: redis-server not found")
+        return None
+    try:
+        return shared_store.start(work, members, binary, started)
+    except RuntimeError as exc:
+        meta["notes"].append(f"session store rows not measured: {_short(str(exc), work)}")
+        return None
 
 
 def _short(error: str, work: Path) -> str:

@@ -193,6 +193,34 @@ def test_retransmits_and_timeouts_are_counted() -> None:
     assert res.failures_by_owner == {"b": 2}
 
 
+def test_a_continue_target_gets_every_command_but_the_offer_after_the_delay() -> None:
+    """Cross-front-end load: the U to one socket, L/re-U/D to the other, the L only once
+    ``answer_delay`` has passed since the U's reply (the order is what is checked)."""
+    events: list[tuple[str, str]] = []
+
+    def rule_for(side: str) -> Rule:
+        def rule(command: str, _: int) -> str:
+            events.append((side, command.split()[0]))
+            return "40040 127.0.0.1" if command[0] in "UL" else "0"
+
+        return rule
+
+    with Responder(rule_for("first")) as first, Responder(rule_for("second")) as second:
+        res = run_load(
+            fast(
+                first.target,
+                continue_target=second.target,
+                answer_delay=0.01,
+                max_calls=3,
+                in_flight=1,
+                tag="cross",
+            )
+        )
+    assert res.calls_done == 3 and res.sent == 12 and res.commands == 12
+    assert events == [("first", "U"), ("second", "L"), ("second", "U"), ("second", "D")] * 3
+    assert res.abandoned == 0
+
+
 def test_merge_adds_counters() -> None:
     with Responder(lambda c, _: "40000" if c[0] in "UL" else "0") as r:
         one = run_load(fast(r.target, max_calls=2, tag="m1"))

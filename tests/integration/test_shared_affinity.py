@@ -140,13 +140,20 @@ def delete(i: int) -> str:
     return f"D call{i}@test f{i} t{i}"
 
 
+# Every key of the pattern with its value, read in one step on the server (a KEYS and
+# then an MGET could see a key go in between).
+_DUMP = (
+    "local out = {} for _, k in ipairs(redis.call('KEYS', ARGV[1])) do "
+    "local v = redis.call('GET', k) if v then out[#out + 1] = k out[#out + 1] = v end "
+    "end return out"
+)
+
+
 def stored_calls(redis: RedisServer) -> dict[str, str]:
     """call-id -> member name, as Redis holds them now."""
-    keys = [k for k in redis.cli("KEYS", KEY_PREFIX + "*").splitlines() if k]
-    if not keys:
-        return {}
-    members = redis.cli("MGET", *keys).splitlines()
-    return {k.removeprefix(KEY_PREFIX): m for k, m in zip(keys, members, strict=True)}
+    words = redis.cli("EVAL", _DUMP, "0", KEY_PREFIX + "*").splitlines()
+    pairs = zip(words[::2], words[1::2], strict=True)
+    return {key.removeprefix(KEY_PREFIX): member for key, member in pairs}
 
 
 def wait_stored(redis: RedisServer, expected: dict[str, str]) -> None:

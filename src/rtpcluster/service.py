@@ -27,7 +27,15 @@ from pydantic import BaseModel
 from rtpcluster.admin.address import DEFAULT_ADMIN_SOCKET
 from rtpcluster.cluster.cluster import Cluster
 from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan
-from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
+from rtpcluster.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    MemberChanges,
+    MemberConfig,
+    config_warnings,
+    load_config,
+)
 from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.failures import describe_failure
@@ -321,6 +329,11 @@ class Service:
         async with self._changing:
             self._cluster(cluster).set_status(member, MemberStatus.ACTIVE)
 
+    async def set_member(self, cluster: str, member: str, changes: MemberChanges) -> None:
+        """Weight, capacity, backup at once: no restart, calls and health stay (logged)."""
+        async with self._changing:
+            self._cluster(cluster).set_member(member, changes)
+
     async def create_cluster(self, cluster: ClusterConfig) -> None:
         async with self._changing:
             if cluster.name in self.running:
@@ -390,6 +403,8 @@ class Service:
             try:
                 if not dry_run:
                     await self._apply(new, prepared)
+                    for warning in plan.warnings:
+                        log.warning("reload: %s", warning)
             finally:
                 prepared.close()
         except ControlError as exc:
@@ -505,7 +520,12 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             else:
                 changes += _field_changes(where, was, member_config)
     members = sum(len(c.members) for c in new.clusters)
-    return ReloadPlan(changes=sorted(changes), clusters=len(new.clusters), members=members)
+    return ReloadPlan(
+        changes=sorted(changes),
+        clusters=len(new.clusters),
+        members=members,
+        warnings=config_warnings(new),
+    )
 
 
 def _listeners_changed(old: ClusterConfig, new: ClusterConfig) -> bool:

@@ -70,7 +70,7 @@ def make_member(
         {"name": name, "protocol": kind, "address": address, "weight": weight,
          "capacity": capacity, **fields}
     )  # fmt: skip
-    member = Member(config)
+    member = Member(config, clock=lambda: 0.0)  # no trio run: a clock of its own
     if online:
         member.answered_probe()
     return member

@@ -31,7 +31,7 @@ from rtpcluster.cluster.outcomes import Outcomes
 from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.cluster.supervisor import MemberSupervisor
-from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
+from rtpcluster.config.models import ClusterConfig, MemberChanges, MemberConfig, MemberStatus
 from rtpcluster.transport.listeners import BoundSockets, Listener
 from rtpcluster.transport.pump import DatagramPump
 
@@ -200,6 +200,10 @@ class Cluster:
     def set_status(self, name: str, status: MemberStatus) -> None:
         self.supervisor.set_status(self.member(name), status)
 
+    def set_member(self, name: str, changes: MemberChanges) -> None:
+        """Weight, capacity, backup of a member, at once; its calls and health stay."""
+        self.supervisor.set_member(name, changes)
+
     async def replace_member(self, config: MemberConfig) -> None:
         """Apply a changed member config; an address change reconnects, calls stay bound."""
         await self.supervisor.replace(config)
@@ -209,7 +213,8 @@ class Cluster:
         await self.supervisor.wait_until_empty()
 
     def update_settings(self, config: ClusterConfig) -> None:
-        """Apply cluster-level settings that need no restart (timers, capacity limit)."""
+        """Apply cluster-level settings that need no restart (timers, capacity limit,
+        damping, slow start)."""
         keep = {
             "members": [],
             "listen": self._settings.listen,
@@ -220,6 +225,7 @@ class Cluster:
         }
         self._settings = config.model_copy(update=keep)
         self.router.apply_settings(self._settings)
+        self.supervisor.apply_policy()
         self.sessions.idle_timeout = self._settings.session_idle_timeout
 
     def lasting_config(self) -> ClusterConfig:
@@ -237,6 +243,7 @@ class Cluster:
         for member in self.supervisor.member_list():
             cfg = member.config
             left = None if member.drain_deadline is None else max(0.0, member.drain_deadline - now)
+            ramp_left = member.slow_start_left()  # None once it has its full weight
             members.append(
                 MemberInfo(
                     name=cfg.name,
@@ -257,6 +264,10 @@ class Cluster:
                     drain_deadline=left,
                     deferred_deletes=len(member.deferred),
                     deferred_dropped=member.deferred.dropped,
+                    backup=cfg.backup,
+                    effective_weight=None if ramp_left is None else member.effective_weight,
+                    slow_start_left=ramp_left,
+                    held_down_left=member.held_down_left(),
                 )
             )
         return ClusterInfo(

@@ -128,6 +128,11 @@ class Damping:
         return self._phase is _Phase.OUT and self.held_until is not None and now < self.held_until
 
     @property
+    def good_in_a_row(self) -> int:
+        """While out: good heartbeats or probes since its last failure (its rise streak)."""
+        return self._successes if self._phase is _Phase.OUT else 0
+
+    @property
     def rising(self) -> bool:
         """Out, with good answers in a row since its last failure (on its way back)."""
         return self._phase is _Phase.OUT and self._successes > 0

@@ -144,8 +144,9 @@ def _next_probe(member: Member, timers: ClusterConfig, round_start: float) -> fl
     as long as ``rise`` heartbeats; while held down, after the probe interval or as the
     hold-down ends, whichever comes first (the probe that may bring it back).
     """
-    held = member.held_down_left()
-    if held is not None:
-        return min(round_start + timers.offline_probe_interval, trio.current_time() + held)
+    if member.held_down_left() is not None:
+        held_until = member.damping.held_until  # the member's clock is trio's
+        assert held_until is not None
+        return min(round_start + timers.offline_probe_interval, held_until)
     interval = timers.heartbeat_interval if member.rising else timers.offline_probe_interval
     return round_start + interval

@@ -196,6 +196,9 @@ class Member:
         self.state = PROBING
         self.suspended = config.status is MemberStatus.SUSPENDED
         self.state_changed = trio.Event()  # set (and replaced) on every move
+        # Set (and replaced) after every heartbeat and probe round, its move made: what
+        # waits for the member's next check (tests) awaits it instead of polling.
+        self.checked = trio.Event()
         self.reported_sessions = 0  # "active sessions" of the last heartbeat
         self.placed_since_report = 0  # new sessions we placed since that heartbeat
         self.info: dict[str, int | float] = {}  # last Ib reply
@@ -342,6 +345,12 @@ class Member:
             verdict = self.damping.on_failure(self._clock())
             if verdict is not None:
                 self._taken_out(verdict, self._silence_cause())
+        if asked is Asked.HEARTBEAT:
+            self._checked()
+
+    def _checked(self) -> None:
+        event, self.checked = self.checked, trio.Event()
+        event.set()
 
     def _silence_cause(self) -> str:
         parts = [f"{n} {asked}{'s' if n > 1 else ''}" for asked, n in self._unanswered.items()]
@@ -379,11 +388,13 @@ class Member:
             self._change(
                 ONLINE, f"answered {rise} probes in a row" if rise > 1 else "answered again"
             )
+        self._checked()
 
     def probe_failed(self) -> None:
         """A probe round went unanswered or wrong: a rise streak starts again."""
         if self.state is OFFLINE or self.state is PROBING:
             self.damping.on_failure(self._clock())
+        self._checked()
 
     @property
     def rising(self) -> bool:
@@ -465,6 +476,7 @@ class Member:
             self.zero_heartbeats = 0
         if self.state is DRAINING and self.zero_heartbeats >= 2 and self.placed_since_report == 0:
             self._change(REMOVED, "drained: two heartbeats without a session")
+        self._checked()
 
     def _change(
         self,

@@ -112,6 +112,21 @@ def test_a_new_call_is_placed_on_the_balancers_pick_with_the_new_call_budget() -
     assert len(sessions) == 0 and b.placed_since_report == 0
 
 
+def test_a_new_call_waits_the_configured_new_call_budget_and_a_reload_changes_it() -> None:
+    a, b = make_member("a"), make_member("b")
+    router, _ = make_router([a, b], new_call_budget=0.2)
+    assert decide(router, "U c1 127.0.0.1 4000 f").timeout == pytest.approx(0.2)
+    router.apply_settings(
+        ClusterConfig(
+            name="c1", listen=[Endpoint.parse("udp:127.0.0.1:1")], member_timeout=0.5,
+            new_call_budget=0.45,
+        )
+    )  # fmt: skip
+    again = decide(router, "U c2 127.0.0.1 4000 f")
+    assert again.timeout == pytest.approx(0.45)
+    assert router.fail_over(again).timeout == pytest.approx(0.45)  # the next member too
+
+
 @pytest.mark.parametrize("kind", ["udp", "unix", "cunix", "tcp"])
 def test_a_new_call_is_picked_once_whatever_the_members_transport(kind: str) -> None:
     """Regression: a non-UDP pick was picked again, so weights were applied twice."""

@@ -117,7 +117,9 @@ async def watch(
             else:
                 if unfit != reported:
                     reported = unfit
-                    log.warning("member %s cannot serve: %s", member.name, unfit)
+                    log.warning(
+                        "%s: cannot serve: %s", member.label, unfit, extra=member.log_context
+                    )
                 if not probed:
                     probed = True
                     task_status.started()

@@ -29,6 +29,8 @@ removed  gone from the cluster: its calls are forgotten          (final)
 
 ``suspended`` is not a state: an operator's pause holds while the member goes offline
 and comes back, so it is a flag beside the state, changed through the same method.
+That method also counts the member's online/offline changes and its downtime
+(:class:`~rtpcluster.cluster.counters.MemberCounters`, ``counters``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from enum import StrEnum
 
 import trio
 
+from rtpcluster.cluster.counters import MemberCounters
 from rtpcluster.config.models import MemberConfig, MemberStatus
 from rtpcluster.transport.member_client import MemberClient, make_client
 
@@ -158,6 +161,8 @@ class Member:
         self.config = config
         self.client: MemberClient = client or make_client(config.address, config.cmd_out_address)
         self.label = f"{cluster}: member {config.name}" if cluster else f"member {config.name}"
+        # the keys of a JSON log line about this member (--log-format json)
+        self.log_context = {"cluster": cluster or None, "member": config.name}
         self._on_change = on_change
         self.state = PROBING
         self.suspended = config.status is MemberStatus.SUSPENDED
@@ -173,6 +178,7 @@ class Member:
         self.drain_deadline: float | None = None  # trio time at which a drain ends anyway
         self.zero_heartbeats = 0  # consecutive heartbeats reporting no active session
         self.heartbeats = 0  # heartbeats answered so far
+        self.counters = MemberCounters()  # commands sent to it, state changes, downtime
 
     # --- configuration ------------------------------------------------------------------
 
@@ -343,6 +349,7 @@ class Member:
     ) -> None:
         """The one way the state (or the suspension) changes: checked, logged once, told."""
         before = self.state
+        was_online = self.online
         was_suspended = self.suspended
         if suspended is None:
             suspended = was_suspended
@@ -360,8 +367,17 @@ class Member:
         status = self.status
         if self.config.status is not status:
             self.config = self.config.model_copy(update={"status": status})
+        if self.online is not was_online:
+            self.counters.state_changed(not was_online)
         shown = f"{state}, suspended" if suspended and state is not REMOVED else str(state)
-        log.log(logging.WARNING if warn else logging.INFO, "%s: %s (%s)", self.label, shown, cause)
+        log.log(
+            logging.WARNING if warn else logging.INFO,
+            "%s: %s (%s)",
+            self.label,
+            shown,
+            cause,
+            extra=self.log_context,
+        )
         event, self.state_changed = self.state_changed, trio.Event()
         event.set()
         self._on_change(self, before, cause)

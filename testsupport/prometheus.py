@@ -104,7 +104,7 @@ class PrometheusServer:
             )
         try:
             wait_until(self.ready, self._not_ready, timeout=timeout, interval=0.1)
-        except AssertionError:
+        except BaseException:  # not ready in time, or it exited: stopped, by its PID
             self.stop()
             raise
 
@@ -133,6 +133,12 @@ class PrometheusServer:
         """The result vector of an instant query."""
         result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
         return result
+
+    def scraping(self) -> bool:
+        """True once it has scraped every target successfully (its service discovery
+        hands the targets to the scraper about 5 s after the start)."""
+        targets = self.api("targets")["activeTargets"]
+        return len(targets) == len(self.targets) and all(t["health"] == "up" for t in targets)
 
     def stop(self) -> None:
         """Stop it by its PID (SIGTERM, SIGKILL after STOP_GRACE)."""

@@ -217,7 +217,8 @@ async def test_a_fault_of_ours_is_e990_and_logged_not_a_timeout(
     rig = Rig([broken])
     rig.sessions.bind("c1", broken)
     assert await rig.tasks.handle(b"L c1 127.0.0.1 4002 f t") == "E990\n"
-    assert any("internal error while routing" in r.getMessage() for r in caplog.records)
+    [fault] = [r for r in caplog.records if "internal error while routing" in r.getMessage()]
+    assert getattr(fault, "call_id", None) == "c1"  # the JSON log's call_id key
     assert broken.failures == 0  # not counted against the member
 
 

@@ -2,10 +2,12 @@
 
 Starts one RTPproxy for direct runs and two cluster members (rtp-io, a subprocess each,
 disjoint RTP port ranges), the cluster (``python -m rtpcluster serve --foreground``),
-load processes; runs the phases; writes ``benchmarks/results/latest.json``,
-``latest.png`` and ``docs/performance.md``. Everything started is stopped by PID at the
-end, also on errors. If the cluster cannot be started the direct figures are still taken
-and the report says why the cluster ones are missing.
+for the scraped phase a second cluster with ``--http`` over the same members and a
+Prometheus scraping it, and load processes; runs the phases; writes
+``benchmarks/results/latest.json``, ``latest.png`` and ``docs/performance.md``.
+Everything started is stopped by PID at the end, also on errors. If the cluster cannot
+be started the direct figures are still taken and the report says why the cluster ones
+are missing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -25,7 +28,15 @@ from typing import Any
 
 from benchmarks import report, scale, scenarios
 from benchmarks.loadgen import LoadPool, MemberRange
-from testsupport import MemberEntry, RtpclusterProcess, RtpProxy, cluster_xml, free_port
+from testsupport import (
+    MemberEntry,
+    RtpclusterProcess,
+    RtpProxy,
+    cluster_xml,
+    free_port,
+    wait_until,
+)
+from testsupport.prometheus import PrometheusServer, find_prometheus
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -37,6 +48,7 @@ MEMBER_RTP = (MemberRange("m1", 2000, 15999), MemberRange("m2", 16000, 29999))
 # RTPproxy's session timeout (-T) and set-up timeout (-W): the live-sessions phase holds
 # offers open for its whole length, so far above any phase (RTPproxy's default is 60 s).
 SESSION_TTL = 600
+PHASES = report.ALL_PHASES
 
 
 def log(msg: str) -> None:
@@ -57,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cluster", action="store_true", help="direct RTPproxy figures only")
     ap.add_argument("--skip-failover", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default: all of {','.join(PHASES)});"
+        " a partial run's report says which ran",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS, help="directory for json/png")
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file to generate")
     ap.add_argument(
@@ -72,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         _write(results, json_path, png_path, args.docs)
         return 0
 
+    phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        ap.error(f"--phases: unknown {', '.join(unknown)} (known: {', '.join(PHASES)})")
+    if args.skip_failover:
+        phases = [phase for phase in phases if phase != "failover"]
+    if args.skip_scale:
+        phases = [phase for phase in phases if phase != "scale"]
     plan = scenarios.Plan.make(args.quick)
     t0 = time.monotonic()
     results = {
@@ -87,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": plan.rounds,
             "round_seconds": plan.round_seconds,
             "cluster_status": "not started",
+            "phases": phases,
             "notes": [],
         }
     }
@@ -111,19 +138,28 @@ def main(argv: list[str] | None = None) -> int:
             meta["cluster_status"] = "skipped (--no-cluster)"
         else:
             cluster = _start_cluster(work, members, started, meta)
+        observed = None
+        if cluster is not None and "scraped" in phases:
+            observed = _start_observed(work, members, plan, started, results)
         pool = LoadPool(args.load_procs)
         runner = scenarios.Runner(pool)
         try:
-            log("side by side (alternating direct / cluster):")
-            results["side_by_side"] = scenarios.side_by_side(
-                runner, plan, direct, members, cluster, log
-            )
-            if cluster is not None:
+            if "side_by_side" in phases:
+                log("side by side (alternating direct / cluster):")
+                results["side_by_side"] = scenarios.side_by_side(
+                    runner, plan, direct, members, cluster, log
+                )
+            if cluster is not None and "live" in phases:
                 log("live sessions:")
                 results["live_sessions"] = scenarios.live_sessions(
                     runner, plan, members, cluster, log
                 )
-            if cluster is not None and not args.skip_failover:
+            if cluster is not None and observed is not None:
+                log(f"with --http, scraped every {plan.scrape_interval:g} s (alternating):")
+                results["scraped"] = scenarios.scraped(
+                    runner, plan, members, cluster, *observed, log
+                )
+            if cluster is not None and "failover" in phases:
                 log("failover:")
                 results["failover"] = {
                     mode: scenarios.failover(runner, plan, mode, members, cluster, log)
@@ -131,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
         finally:
             pool.close()
-    if not args.skip_scale:
+    if "scale" in phases:
         log("session table:")
         results["scale"] = scale.measure_in_child(plan.scale_sizes, plan.memory_at)
         _log_scale(results["scale"])
@@ -184,6 +220,55 @@ def _start_cluster(
     meta["cluster_status"] = f"could not start: {errors[-1]}"
     log(f"cluster: {meta['cluster_status']}")
     return None
+
+
+def _start_observed(
+    work: Path,
+    members: list[RtpProxy],
+    plan: scenarios.Plan,
+    started: contextlib.ExitStack,
+    results: dict[str, Any],
+) -> tuple[RtpclusterProcess, PrometheusServer] | None:
+    """A second cluster over the same members with ``--http``, and Prometheus scraping it.
+
+    Where either cannot start, ``results["scraped"]`` says why and None is returned.
+    """
+    binary = find_prometheus()
+    if binary is None:
+        results["scraped"] = {
+            "error": "prometheus is not installed (Debian package prometheus;"
+            " .ci/install-observe-deps installs it)"
+        }
+        log(f"scraped: not measured: {results['scraped']['error']}")
+        return None
+    entries = [
+        MemberEntry.of(m.name, m, weight=100, capacity=100_000, status="active") for m in members
+    ]
+    http_port = free_port(socket.SOCK_STREAM)
+    observed = RtpclusterProcess(work / "observed", free_port(), log_level="warning")
+    try:
+        observed.start(
+            "--http",
+            f"127.0.0.1:{http_port}",
+            config=cluster_xml("bench", observed.udp_port, entries),
+        )
+    except RuntimeError as exc:
+        results["scraped"] = {"error": f"cluster with --http: {_short(str(exc), work)}"}
+        log(f"scraped: not measured: {results['scraped']['error']}")
+        return None
+    started.callback(observed.stop)
+    prometheus = PrometheusServer(
+        binary, work / "prometheus", [f"127.0.0.1:{http_port}"], interval=plan.scrape_interval
+    )
+    started.callback(prometheus.stop)  # also after a start that failed half way
+    try:
+        prometheus.start()
+        wait_until(prometheus.scraping, "Prometheus to scrape the cluster", timeout=60)
+    except (AssertionError, RuntimeError) as exc:
+        results["scraped"] = {"error": f"prometheus: {_short(str(exc), work)}"}
+        log(f"scraped: not measured: {results['scraped']['error']}")
+        return None
+    return observed, prometheus
 
 
 def _short(error: str, work: Path) -> str:

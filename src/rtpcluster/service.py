@@ -315,7 +315,12 @@ class Service:
             lasting = target.lasting_config().members
             await _check_member_addresses(target.name, [*lasting, member], {member.name})
             await target.add_member(member)
-        log.info("%s: added member %s", cluster, member.name)
+        log.info(
+            "%s: added member %s",
+            cluster,
+            member.name,
+            extra={"cluster": cluster, "member": member.name},
+        )
 
     async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
         async with self._changing:
@@ -344,7 +349,7 @@ class Service:
                 await self._start_clusters([cluster], prepared)
             finally:
                 prepared.close()
-        log.info("created cluster %s", cluster.name)
+        log.info("created cluster %s", cluster.name, extra={"cluster": cluster.name})
 
     async def destroy_cluster(self, name: str) -> None:
         async with self._changing:
@@ -363,7 +368,7 @@ class Service:
         await cluster.wait_until_empty()
         await cluster.stop(self.options.stop_grace)
         self._leaving.discard(cluster.name)
-        log.info("destroyed cluster %s", cluster.name)
+        log.info("destroyed cluster %s", cluster.name, extra={"cluster": cluster.name})
 
     def running_config(self) -> Config:
         """What runs now and stays: draining members and clusters being destroyed left out."""

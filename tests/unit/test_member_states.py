@@ -425,11 +425,18 @@ class World:
         self.calls = itertools.count()
         self.offers: list[PlaceNewCall] = []
         self.bound: dict[str, Member] = {}  # what the table should hold, by our own account
+        # by our own account too: online/offline flips, and commands whose outcome came
+        self.flips = {m: 0 for m in self.members}
+        self.sent = {m: 0 for m in self.members}
+        self.downtime = {m: 0.0 for m in self.members}
 
     def step(self, event: Event) -> None:
         before = {m: m.state for m in self.members}
         held_until = {m: m.damping.held_until for m in self.members}
+        was_online = {m: m.online for m in self.members}
         self.apply(event)
+        for m in self.members:
+            self.flips[m] += m.online is not was_online[m]
         self.check(before, event)
         self.check_damping(before, held_until, event)
 
@@ -470,6 +477,7 @@ class World:
             self.offers.append(offer)
         elif kind in ("offer answered", "offer unanswered"):
             offer = self.offers.pop(event.value % len(self.offers))
+            self.sent[offer.member] += 1
             if kind == "offer answered":
                 self.outcomes.call_placed(offer, "35000 127.0.0.1")
                 if offer.member.state is not REMOVED:
@@ -484,6 +492,7 @@ class World:
         command = parse_command(f"{op} {call} f t" if op == "D" else f"L {call} 1.2.3.4 5 f t")
         silence = OnSilence.DEFER_AND_ANSWER_0 if op == "D" else OnSilence.ANSWER_E997
         decision = Forward(member, command, 0.5, silence, call if op == "D" else None, None)
+        self.sent[member] += 1
         if kind == "command timed out":
             self.outcomes.forward_unanswered(decision)
         else:
@@ -500,6 +509,13 @@ class World:
                 if event.kind == "heartbeat ok":  # drained by its own report
                     assert member.zero_heartbeats >= 2 and member.placed_since_report <= 0
             assert member.online is (now is ONLINE or now is DRAINING)
+            # counted once per move and per command, whoever moved it
+            counters = member.counters
+            assert counters.state_changes == self.flips[member], event
+            assert sum(counters.commands.values()) == self.sent[member], event
+            downtime = counters.downtime()
+            assert downtime >= self.downtime[member]
+            self.downtime[member] = downtime
             assert (member.status is MemberStatus.DRAINING) is (now is DRAINING)
             if member.accepts_new_sessions:
                 assert now is ONLINE and not member.suspended

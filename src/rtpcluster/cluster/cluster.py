@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import trio
 
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
+from rtpcluster.cluster.counters import ClusterCounters
 from rtpcluster.cluster.executors import InlineExecutor, TaskExecutor
 from rtpcluster.cluster.front import REPLY_CACHE_LIFETIME, CommandFront
 from rtpcluster.cluster.member import DRAINING, Member
@@ -54,10 +55,11 @@ class Cluster:
             config.name, self._current_settings, self.sessions, self.pump, config.members
         )
         self.router = Router(self._settings, self.supervisor.member_list, self.sessions)
-        outcomes = Outcomes(self.sessions)
+        self.counters = ClusterCounters()  # what /metrics reads; bumped by outcomes and front
+        outcomes = Outcomes(self.sessions, counters=self.counters)
         self.tasks = TaskExecutor(self.router, outcomes)
         self.inline = InlineExecutor(self.router, outcomes, self.tasks)
-        self.front = CommandFront(self.inline.dispatch, self.tasks.handle)
+        self.front = CommandFront(self.inline.dispatch, self.tasks.handle, self.counters)
         self.listeners: list[Listener] = []
         self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
@@ -165,7 +167,12 @@ class Cluster:
             if now >= next_session_rotation:
                 forgotten = self.sessions.rotate()
                 if forgotten:
-                    log.info("%s: forgot %d idle calls", self.name, forgotten)
+                    log.info(
+                        "%s: forgot %d idle calls",
+                        self.name,
+                        forgotten,
+                        extra={"cluster": self.name},
+                    )
                 next_session_rotation = now + self._settings.session_idle_timeout / 2
             self.sessions.compact()
             if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
@@ -175,6 +182,7 @@ class Cluster:
                     self.name,
                     self.sessions.max_entries,
                     self.sessions.early_rotations - early_rotations,
+                    extra={"cluster": self.name},
                 )
                 early_rotations = self.sessions.early_rotations
                 next_full_warning = now + TABLE_FULL_WARNING_INTERVAL
@@ -242,6 +250,7 @@ class Cluster:
         members = []
         for member in self.supervisor.member_list():
             cfg = member.config
+            counters = member.counters
             left = None if member.drain_deadline is None else max(0.0, member.drain_deadline - now)
             ramp_left = member.slow_start_left()  # None once it has its full weight
             members.append(
@@ -268,6 +277,10 @@ class Cluster:
                     effective_weight=None if ramp_left is None else member.effective_weight,
                     slow_start_left=ramp_left,
                     held_down_left=member.held_down_left(),
+                    commands=dict(counters.commands),
+                    state_changes=counters.state_changes,
+                    last_change_age=counters.last_change_age(),
+                    downtime=counters.downtime(),
                 )
             )
         return ClusterInfo(

@@ -45,11 +45,12 @@ class MemberInfo:
     # Taken out for flapping: seconds until it may come back (after rise good answers);
     # None when it is not held down.
     held_down_left: float | None = None
-    # From the member's counters; None until the executors count (issue 10).
+    # Its state, and its counters (cluster.counters.MemberCounters); None only where a
+    # ServiceControl does not count (a test's fake).
     state: str | None = None  # probing, online, offline, draining, removed
-    commands: dict[str, int] | None = None  # commands forwarded, by result: ok/error/timeout
+    commands: dict[str, int] | None = None  # commands sent to it, by result: ok/error/timeout
     state_changes: int | None = None  # online/offline changes since it was added
-    last_change_age: float | None = None  # seconds since the last of them
+    last_change_age: float | None = None  # seconds since the last of them (or since added)
     downtime: float | None = None  # seconds offline since it was added
 
 

@@ -127,7 +127,7 @@ async def watch(
         else:
             if unfit != reported:
                 reported = unfit
-                log.warning("member %s cannot serve: %s", member.name, unfit)
+                log.warning("%s: cannot serve: %s", member.label, unfit, extra=member.log_context)
             member.probe_failed()
         if not started:
             started = True

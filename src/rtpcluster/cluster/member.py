@@ -36,6 +36,8 @@ So a member is online (or draining) exactly while its damping says it is up.
 
 ``suspended`` is not a state: an operator's pause holds while the member goes offline
 and comes back, so it is a flag beside the state, changed through the same method.
+That method also counts the member's online/offline changes and its downtime
+(:class:`~rtpcluster.cluster.counters.MemberCounters`, ``counters``).
 
 Slow start: each time a member starts taking new calls again (back online, resumed, a
 drain ended, added to a running cluster) its weight is ramped over the cluster's
@@ -55,6 +57,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from rtpcluster.cluster.balancer import effective_weight
+from rtpcluster.cluster.counters import MemberCounters
 from rtpcluster.cluster.damping import Damping, DampingSettings, Transition
 from rtpcluster.config.models import MemberConfig, MemberStatus
 from rtpcluster.transport.member_client import MemberClient, make_client
@@ -192,6 +195,8 @@ class Member:
         self.config = config
         self.client: MemberClient = client or make_client(config.address, config.cmd_out_address)
         self.label = f"{cluster}: member {config.name}" if cluster else f"member {config.name}"
+        # the keys of a JSON log line about this member (--log-format json)
+        self.log_context = {"cluster": cluster or None, "member": config.name}
         self._on_change = on_change
         self.state = PROBING
         self.suspended = config.status is MemberStatus.SUSPENDED
@@ -217,6 +222,7 @@ class Member:
         # cluster starts with, until its first move online (it is not "coming back").
         self._ramps = ramp_first_online
         self.ramp_since: float | None = None  # clock reading its weight ramp started at
+        self.counters = MemberCounters()  # commands sent to it, state changes, downtime
 
     # --- configuration ------------------------------------------------------------------
 
@@ -488,6 +494,7 @@ class Member:
     ) -> None:
         """The one way the state (or the suspension) changes: checked, logged once, told."""
         before = self.state
+        was_online = self.online
         was_suspended = self.suspended
         if suspended is None:
             suspended = was_suspended
@@ -513,8 +520,17 @@ class Member:
         status = self.status
         if self.config.status is not status:
             self.config = self.config.model_copy(update={"status": status})
+        if self.online is not was_online:
+            self.counters.state_changed(not was_online)
         shown = f"{state}, suspended" if suspended and state is not REMOVED else str(state)
-        log.log(logging.WARNING if warn else logging.INFO, "%s: %s (%s)", self.label, shown, cause)
+        log.log(
+            logging.WARNING if warn else logging.INFO,
+            "%s: %s (%s)",
+            self.label,
+            shown,
+            cause,
+            extra=self.log_context,
+        )
         event, self.state_changed = self.state_changed, trio.Event()
         event.set()
         self._on_change(self, before, cause)

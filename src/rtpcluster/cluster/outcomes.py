@@ -4,7 +4,9 @@ Each method is one outcome, called exactly once when it happens, by whichever ex
 carried the decision out: it binds or forgets the call, keeps a delete, counts the
 member's answer or silence (on the Member, the one place that counts them) and a new
 call's placement, and returns the reply text where there is one. A counter of an outcome
-belongs in its method and nowhere else.
+belongs in its method and nowhere else: each send to a member counts in its
+``counters.commands``, each new call and each lookup by broadcast in the cluster's
+(:mod:`rtpcluster.cluster.counters`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 import trio
 
 from rtpcluster.cluster import decisions
+from rtpcluster.cluster.counters import ClusterCounters, member_result
 from rtpcluster.cluster.member import REMOVED, Asked, Member
 from rtpcluster.cluster.router import TIMEOUT_REPLY, confirms_end, shape_reply
 from rtpcluster.cluster.sessions import SessionTable
@@ -24,16 +27,20 @@ _KEPT_REPLY = "0\n"
 
 class Outcomes:
     def __init__(
-        self, sessions: SessionTable[Member], clock: Callable[[], float] = trio.current_time
+        self,
+        sessions: SessionTable[Member],
+        clock: Callable[[], float] = trio.current_time,
+        counters: ClusterCounters | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock  # when a delete is kept: its deadline counts from then
+        self.counters = ClusterCounters() if counters is None else counters
 
     # --- a command forwarded to the call's member -----------------------------------------
 
     def forwarded(self, decision: decisions.Forward, reply: str) -> str:
         """The member answered a forwarded command."""
-        decision.member.record_answer()
+        _answered(decision.member, reply)
         if decision.ends_call is not None and confirms_end(decision.command.op, reply):
             self._sessions.unbind(decision.ends_call)
         return shape_reply(reply, decision.wan)
@@ -41,7 +48,7 @@ class Outcomes:
     def forward_unanswered(self, decision: decisions.Forward) -> str:
         """The member did not answer a forwarded command in time."""
         member = decision.member
-        member.record_silence(Asked.COMMAND)
+        _silent(member)
         if decision.on_silence is decisions.OnSilence.DEFER_AND_ANSWER_0:
             return self._keep_delete(member, decision.command.serialize(), decision.ends_call)
         return TIMEOUT_REPLY
@@ -68,11 +75,19 @@ class Outcomes:
     def call_placed(self, decision: decisions.PlaceNewCall, reply: str) -> str:
         """The member answered the offer (``decision.tried``: after others were silent)."""
         member = decision.member
-        member.record_answer()
-        if is_positive("U", reply) and member.state is not REMOVED:
+        _answered(member, reply)
+        positive = is_positive("U", reply)
+        if positive and member.state is not REMOVED:
             self._sessions.bind(decision.call_id, member)
         else:
             member.new_call_not_taken()
+        counters = self.counters
+        if not positive:
+            counters.new_calls_refused += 1  # the member's E reply is the client's
+        elif decision.tried:
+            counters.new_calls_failover += 1
+        else:
+            counters.new_calls_placed += 1
         return shape_reply(reply, decision.wan)
 
     def offer_unanswered(self, decision: decisions.PlaceNewCall, timed_out: bool) -> None:
@@ -83,13 +98,14 @@ class Outcomes:
         """
         member = decision.member
         member.new_call_not_taken()
-        member.record_silence(Asked.COMMAND)
+        _silent(member)
         from_tag = decision.request.from_tag
         if timed_out and from_tag is not None:
             member.defer(f"D {decision.call_id} {from_tag}", self._clock())
 
     def call_refused(self, decision: decisions.RefuseNewCall) -> str:
         """No member could take the new call."""
+        self.counters.new_calls_refused += 1
         return decision.text
 
     # --- a broadcast ----------------------------------------------------------------------
@@ -97,20 +113,33 @@ class Outcomes:
     def asked(self, member: Member, reply: str | None) -> None:
         """One member's answer to a broadcast (None: silent)."""
         if reply is None:
-            member.record_silence(Asked.COMMAND)
+            _silent(member)
         else:
-            member.record_answer()
+            _answered(member, reply)
 
     def learned(self, effect: decisions.Effect) -> None:
         """What the answers of a broadcast taught (see Router.combine)."""
         if isinstance(effect, decisions.OwnerFound):
+            self.counters.broadcast_found += 1
             if effect.bind and effect.member.state is not REMOVED:
                 self._sessions.bind(effect.call_id, effect.member)
         elif isinstance(effect, decisions.OwnerNotFound):
-            pass  # the call is nowhere: nothing to keep
+            self.counters.broadcast_not_found += 1  # the call is nowhere: nothing to keep
         elif isinstance(effect, decisions.CapabilityLearned):
             effect.member.capabilities[effect.date] = effect.supported
         elif isinstance(effect, decisions.StatsLearned):
             effect.member.stats_cache.update(effect.values)
         elif isinstance(effect, decisions.AllCallsForgotten):
             self._sessions.clear()
+
+
+def _answered(member: Member, reply: str) -> None:
+    """A command sent to ``member`` got ``reply``: counted, and its run of failures ends."""
+    member.record_answer()
+    member.counters.commands[member_result(reply)] += 1
+
+
+def _silent(member: Member) -> None:
+    """A command sent to ``member`` got no reply in time (or could not be sent)."""
+    member.counters.commands["timeout"] += 1
+    member.record_silence(Asked.COMMAND)

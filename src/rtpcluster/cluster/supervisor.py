@@ -178,11 +178,11 @@ class MemberSupervisor:
                             if failure != reported:
                                 reported = failure
                                 log.warning(
-                                    "%s: member %s (%s) failed: %s",
-                                    self.cluster,
-                                    member.name,
+                                    "%s (%s) failed: %s",
+                                    member.label,
                                     member.config.address,
                                     failure,
+                                    extra=member.log_context,
                                 )
                             member.lost(f"connection failed: {failure}")
                             client.close()

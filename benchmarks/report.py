@@ -13,6 +13,8 @@ from typing import Any
 
 from benchmarks.scenarios import FAILOVER_RATE, FAILOVER_SLOTS, SLOW_U
 
+ALL_PHASES = ("side_by_side", "live", "failover", "scale", "scraped", "store")
+
 TARGETS_TEXT = {
     "throughput_16": "throughput at 16 in flight (udp) >= 0.5 x direct",
     "added_p50_1": "added median latency at 1 in flight (udp) <= 0.15 ms",
@@ -24,6 +26,10 @@ TARGETS_TEXT = {
     "killed_return": "a restarted member takes calls within 3 s",
     "healthy_failures": "0 failed commands for calls on healthy members",
     "affinity": "0 affinity errors (every L/re-U/D reached the U's member)",
+    "scraped_16": "throughput at 16 in flight (udp) with --http, scraped every second,"
+    " >= 0.9 x without",
+    "scraped_1": "median latency at 1 in flight (udp) with --http, scraped every second,"
+    " <= 1.1 x without",
     "store_steady_16": "Redis store at 16 in flight (udp) >= 0.9 x the memory store",
     "store_steady_1": "Redis store at 1 in flight (udp) >= 0.9 x the memory store",
     "store_window_16": "Redis store reading every offer (the first idle timeout after a start)"
@@ -92,6 +98,15 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         if side is not None
     ]
     out.append(_target("affinity", sum(aff) if aff else None, 0, "<=", ""))
+
+    scraped = {r["in_flight"]: r for r in (results.get("scraped") or {}).get("rows", [])}
+    s16 = scraped.get(16)
+    out.append(_target("scraped_16", s16 and s16["ratio"], 0.9, ">=", "x without"))
+    s1 = scraped.get(1)
+    p50_ratio = None
+    if s1 and s1["plain"] and s1["scraped"] and s1["plain"]["p50_ms"] and s1["scraped"]["p50_ms"]:
+        p50_ratio = s1["scraped"]["p50_ms"] / s1["plain"]["p50_ms"]
+    out.append(_target("scraped_1", p50_ratio, 1.1, "<=", "x without"))
     out += _store_targets(results.get("session_store") or {})
     return out
 
@@ -221,8 +236,10 @@ def _side_cells(s: dict[str, Any] | None) -> list[str]:
 
 def _store_section(store: dict[str, Any]) -> list[str]:
     """The session-store rows (benchmarks/shared_store.py)."""
-    if not store.get("levels"):
+    if not store:
         return []
+    if "error" in store:
+        return ["## Session store (Redis)", "", f"Not measured: {store['error']}", ""]
     out = [
         "## Session store (Redis)",
         "",
@@ -288,6 +305,50 @@ def _reads(reads: dict[str, int] | None) -> str:
     return f"{reads['hit']} hit, {reads['miss']} miss, {reads['error']} error"
 
 
+def _scraped_section(scraped: dict[str, Any] | None) -> list[str]:
+    """The cluster without and with ``--http`` scraped by Prometheus, side by side."""
+    if not scraped:
+        return []
+    head = ["## With the HTTP endpoint scraped by Prometheus", ""]
+    if "error" in scraped:
+        return [*head, f"Not measured: {scraped['error']}", ""]
+    scrapes = scraped["scrapes"]
+    out = [
+        *head,
+        "The same udp calls through two clusters over the same two members, alternating"
+        " round by round: one without `--http`, one with `--http` while a real Prometheus"
+        f" scrapes its `/metrics` every {scraped['scrape_interval']:g} s (both run the"
+        " whole time; only the one under load gets calls). Prometheus recorded"
+        f" {_f(scrapes['count'], '.0f')} scrapes, {_f(scrapes['failed'] or 0, '.0f')} of"
+        f" them failed; one took {_f(scrapes['mean_duration_ms'], '.1f')} ms on average,"
+        f" at most {_f(scrapes['max_duration_ms'], '.1f')} ms, for"
+        f" {_f(scrapes['samples'], '.0f')} samples.",
+        "",
+        "| in flight | without cmd/s | without p50 ms | without p99 ms | with cmd/s"
+        " | with p50 ms | with p99 ms | ratio | cluster CPU % without/with |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in scraped["rows"]:
+        plain, observed = r["plain"], r["scraped"]
+        cpu = "/".join(
+            _f(side.get("cluster_cpu_pct") if side else None, ".0f") for side in (plain, observed)
+        )
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["in_flight"]),
+                    *_side_cells(plain),
+                    *_side_cells(observed),
+                    _f(r["ratio"], ".2f"),
+                    cpu,
+                ]
+            )
+            + " |"
+        )
+    return [*out, ""]
+
+
 def render_markdown(results: dict[str, Any], png_name: str) -> str:
     meta = results["meta"]
     out: list[str] = [
@@ -308,6 +369,9 @@ def render_markdown(results: dict[str, Any], png_name: str) -> str:
     ]
     if meta.get("cluster_status") != "ok":
         out += [f"**Cluster not measured:** {meta.get('cluster_status')}", ""]
+    phases = meta.get("phases")
+    if phases is not None and set(phases) != set(ALL_PHASES):
+        out += [f"**A partial run:** only {', '.join(phases)}.", ""]
     for note in meta.get("notes", []):
         out += [f"* {note}"]
     if meta.get("notes"):
@@ -441,6 +505,8 @@ def render_markdown(results: dict[str, Any], png_name: str) -> str:
         out.append("")
     elif scale:
         out += ["## Session table", "", f"Not measured: {scale['error']}", ""]
+
+    out += _scraped_section(results.get("scraped"))
 
     fo = results.get("failover") or {}
     if fo:

@@ -2,15 +2,17 @@
 
 Starts one RTPproxy for direct runs and two cluster members (rtp-io, a subprocess each,
 disjoint RTP port ranges), the cluster (``python -m rtpcluster serve --foreground``),
-load processes; runs the phases; writes ``benchmarks/results/latest.json``,
-``latest.png`` and ``docs/performance.md``. Everything started is stopped by PID at the
-end, also on errors. If the cluster cannot be started the direct figures are still taken
-and the report says why the cluster ones are missing.
+for the scraped phase a second cluster with ``--http`` over the same members and a
+Prometheus scraping it, and load processes; runs the phases; writes
+``benchmarks/results/latest.json``, ``latest.png`` and ``docs/performance.md``.
+Everything started is stopped by PID at the end, also on errors. If the cluster cannot
+be started the direct figures are still taken and the report says why the cluster ones
+are missing.
 
-The session-store rows (benchmarks/shared_store.py) need a redis-server: three more
-rtpcluster processes with the Redis store are started at the beginning (so that the
-steady side's offer window has closed by the time they run). ``--only-store`` runs those
-rows alone and writes ``results/session-store.json``, not the report.
+The ``store`` phase (benchmarks/shared_store.py) needs a redis-server: three more
+rtpcluster processes with the Redis store are started at the beginning, so that the
+steady side's offer window has closed by the time its rows run (``--phases store`` alone
+waits for that, about a minute).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -31,7 +34,15 @@ from typing import Any
 
 from benchmarks import report, scale, scenarios, shared_store
 from benchmarks.loadgen import LoadPool, MemberRange
-from testsupport import MemberEntry, RtpclusterProcess, RtpProxy, cluster_xml, free_port
+from testsupport import (
+    MemberEntry,
+    RtpclusterProcess,
+    RtpProxy,
+    cluster_xml,
+    free_port,
+    wait_until,
+)
+from testsupport.prometheus import PrometheusServer, find_prometheus
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -43,6 +54,7 @@ MEMBER_RTP = (MemberRange("m1", 2000, 15999), MemberRange("m2", 16000, 29999))
 # RTPproxy's session timeout (-T) and set-up timeout (-W): the live-sessions phase holds
 # offers open for its whole length, so far above any phase (RTPproxy's default is 60 s).
 SESSION_TTL = 600
+PHASES = report.ALL_PHASES
 
 
 def log(msg: str) -> None:
@@ -63,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-cluster", action="store_true", help="direct RTPproxy figures only")
     ap.add_argument("--skip-failover", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--skip-store", action="store_true", help="no session-store rows")
     ap.add_argument(
-        "--only-store",
-        action="store_true",
-        help="only the session-store rows; writes results/session-store.json, not the report",
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated phases to run (default: all of {','.join(PHASES)});"
+        " a partial run's report says which ran",
     )
     ap.add_argument("--results", type=Path, default=RESULTS, help="directory for json/png")
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file to generate")
@@ -84,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         _write(results, json_path, png_path, args.docs)
         return 0
 
+    phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        ap.error(f"--phases: unknown {', '.join(unknown)} (known: {', '.join(PHASES)})")
+    if args.skip_failover:
+        phases = [phase for phase in phases if phase != "failover"]
+    if args.skip_scale:
+        phases = [phase for phase in phases if phase != "scale"]
     plan = scenarios.Plan.make(args.quick)
     t0 = time.monotonic()
     results = {
@@ -99,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": plan.rounds,
             "round_seconds": plan.round_seconds,
             "cluster_status": "not started",
+            "phases": phases,
             "notes": [],
         }
     }
@@ -123,32 +144,31 @@ def main(argv: list[str] | None = None) -> int:
             meta["cluster_status"] = "skipped (--no-cluster)"
         else:
             cluster = _start_cluster(work, members, started, meta)
+        observed = None
+        if cluster is not None and "scraped" in phases:
+            observed = _start_observed(work, members, plan, started, results)
         fleet = None
-        if cluster is not None and not args.skip_store:
-            fleet = _start_store_fleet(work, members, started, meta)
+        if cluster is not None and "store" in phases:
+            fleet = _start_store_fleet(work, members, started, results)
         pool = LoadPool(args.load_procs)
         runner = scenarios.Runner(pool)
         try:
-            if args.only_store:
-                if cluster is None or fleet is None:
-                    log(f"session store rows not measured: {meta['notes'] or 'no cluster'}")
-                    return 1
-                log("session store (alternating memory / redis):")
-                store = shared_store.measure(runner, plan, members, cluster, fleet, log)
-                path = args.results / "session-store.json"
-                report.write_json({"meta": meta, "session_store": store}, path)
-                log(f"wrote {_rel(path)}")
-                return 0
-            log("side by side (alternating direct / cluster):")
-            results["side_by_side"] = scenarios.side_by_side(
-                runner, plan, direct, members, cluster, log
-            )
-            if cluster is not None:
+            if "side_by_side" in phases:
+                log("side by side (alternating direct / cluster):")
+                results["side_by_side"] = scenarios.side_by_side(
+                    runner, plan, direct, members, cluster, log
+                )
+            if cluster is not None and "live" in phases:
                 log("live sessions:")
                 results["live_sessions"] = scenarios.live_sessions(
                     runner, plan, members, cluster, log
                 )
-            if cluster is not None and not args.skip_failover:
+            if cluster is not None and observed is not None:
+                log(f"with --http, scraped every {plan.scrape_interval:g} s (alternating):")
+                results["scraped"] = scenarios.scraped(
+                    runner, plan, members, cluster, *observed, log
+                )
+            if cluster is not None and "failover" in phases:
                 log("failover:")
                 results["failover"] = {
                     mode: scenarios.failover(runner, plan, mode, members, cluster, log)
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             pool.close()
-    if not args.skip_scale:
+    if "scale" in phases:
         log("session table:")
         results["scale"] = scale.measure_in_child(plan.scale_sizes, plan.memory_at)
         _log_scale(results["scale"])
@@ -216,19 +236,71 @@ def _start_cluster(
     return None
 
 
+def _start_observed(
+    work: Path,
+    members: list[RtpProxy],
+    plan: scenarios.Plan,
+    started: contextlib.ExitStack,
+    results: dict[str, Any],
+) -> tuple[RtpclusterProcess, PrometheusServer] | None:
+    """A second cluster over the same members with ``--http``, and Prometheus scraping it.
+
+    Where either cannot start, ``results["scraped"]`` says why and None is returned.
+    """
+    binary = find_prometheus()
+    if binary is None:
+        results["scraped"] = {
+            "error": "prometheus is not installed (Debian package prometheus;"
+            " .ci/install-observe-deps installs it)"
+        }
+        log(f"scraped: not measured: {results['scraped']['error']}")
+        return None
+    entries = [
+        MemberEntry.of(m.name, m, weight=100, capacity=100_000, status="active") for m in members
+    ]
+    http_port = free_port(socket.SOCK_STREAM)
+    observed = RtpclusterProcess(work / "observed", free_port(), log_level="warning")
+    try:
+        observed.start(
+            "--http",
+            f"127.0.0.1:{http_port}",
+            config=cluster_xml("bench", observed.udp_port, entries),
+        )
+    except RuntimeError as exc:
+        results["scraped"] = {"error": f"cluster with --http: {_short(str(exc), work)}"}
+        log(f"scraped: not measured: {results['scraped']['error']}")
+        return None
+    started.callback(observed.stop)
+    prometheus = PrometheusServer(
+        binary, work / "prometheus", [f"127.0.0.1:{http_port}"], interval=plan.scrape_interval
+    )
+    started.callback(prometheus.stop)  # also after a start that failed half way
+    try:
+        prometheus.start()
+        wait_until(prometheus.scraping, "Prometheus to scrape the cluster", timeout=60)
+    except (AssertionError, RuntimeError) as exc:
+        results["scraped"] = {"error": f"prometheus: {_short(str(exc), work)}"}
+        log(f"scraped: not measured: {results['scraped']['error']}")
+        return None
+    return observed, prometheus
+
+
 def _start_store_fleet(
-    work: Path, members: list[RtpProxy], started: contextlib.ExitStack, meta: dict[str, Any]
+    work: Path, members: list[RtpProxy], started: contextlib.ExitStack, results: dict[str, Any]
 ) -> shared_store.StoreFleet | None:
-    """The redis-server and the Redis-store processes, or None with a note why not."""
+    """The redis-server and the Redis-store processes; where they cannot start,
+    ``results["session_store"]`` says why and None is returned."""
     binary = shutil.which(os.environ.get("RTPCLUSTER_REDIS_SERVER", "redis-server"))
     if binary is None:
-        meta["notes"].append("session store rows not measured: redis-server not found")
-        return None
-    try:
-        return shared_store.start(work, members, binary, started)
-    except RuntimeError as exc:
-        meta["notes"].append(f"session store rows not measured: {_short(str(exc), work)}")
-        return None
+        error = "redis-server is not installed (Debian package redis-server; .ci/install-redis)"
+    else:
+        try:
+            return shared_store.start(work, members, binary, started)
+        except RuntimeError as exc:
+            error = _short(str(exc), work)
+    results["session_store"] = {"error": error}
+    log(f"session store: not measured: {error}")
+    return None
 
 
 def _short(error: str, work: Path) -> str:

@@ -5,6 +5,8 @@
 * :func:`live_sessions`: latency through the cluster while N sessions stay open.
 * :func:`failover`: SIGKILL or SIGSTOP a member under load, bring it back, and time what
   the cluster does about it, from the replies the load generator sees.
+* :func:`scraped`: the same load through the cluster without and with ``--http`` while
+  a real Prometheus scrapes ``/metrics`` every second, alternating round by round.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from benchmarks.loadgen import (
     split_jobs,
 )
 from testsupport import RtpclusterProcess, RtpProxy
+from testsupport.prometheus import PrometheusServer
 
 #: A new call's U slower than this during a fault counts as one the cluster still tried
 #: on the faulty member (it waited for it, then answered or failed over).
@@ -55,6 +58,8 @@ class Plan:
     failover_before: float = 2.0
     failover_down: float = 5.0
     failover_after: float = 6.0
+    scraped_levels: tuple[int, ...] = (1, 16)
+    scrape_interval: float = 1.0  # seconds between Prometheus scrapes of /metrics
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -208,13 +213,7 @@ def side_by_side(
                     notes.append("the direct RTPproxy stopped answering and was restarted")
         row: dict[str, Any] = {"transport": transport, "in_flight": level, "notes": notes}
         for side, runs in acc.items():
-            if not runs:
-                row[side] = None
-                continue
-            merged = merge([r for r, _ in runs], sequential=True)
-            cpu_keys = runs[0][1].keys()
-            cpu = {k: sum(c[k] for _, c in runs) / len(runs) for k in cpu_keys}
-            row[side] = summary(merged, cpu)
+            row[side] = _rounds_summary(runs)
         d, c = row["direct"], row["cluster"]
         row["ratio"] = (
             c["cmds_per_s"] / d["cmds_per_s"] if d and c and d["cmds_per_s"] > 0 else None
@@ -222,6 +221,16 @@ def side_by_side(
         rows.append(row)
         log(_row_line(row))
     return rows
+
+
+def _rounds_summary(runs: list[tuple[LoadResult, dict[str, float]]]) -> dict[str, Any] | None:
+    """The rounds of one side merged: their load results, their CPU figures averaged."""
+    if not runs:
+        return None
+    merged = merge([r for r, _ in runs], sequential=True)
+    cpu_keys = runs[0][1].keys()
+    cpu = {k: sum(c[k] for _, c in runs) / len(runs) for k in cpu_keys}
+    return summary(merged, cpu)
 
 
 def _row_line(row: dict[str, Any]) -> str:
@@ -393,3 +402,88 @@ def analyse_failover(r: LoadResult, victim: str, t_fault: float, t_back: float) 
         "new_calls_during_fault": len(during),
         "load": summary(r),
     }
+
+
+def scraped(
+    runner: Runner,
+    plan: Plan,
+    members: list[RtpProxy],
+    plain: RtpclusterProcess,
+    observed: RtpclusterProcess,
+    prometheus: PrometheusServer,
+    log: Any,
+) -> dict[str, Any]:
+    """udp calls through ``plain`` (no ``--http``) and ``observed`` (``--http``, scraped by
+    ``prometheus`` every ``plan.scrape_interval`` s), alternating round by round.
+
+    Both clusters run the whole time over the same members; only the one under load is
+    sent calls. What Prometheus saw of its scrapes (how many, whether every one worked,
+    how long one took) goes with the figures, so the row shows that it really scraped.
+    """
+    ranges = tuple(rtp_range(m) for m in members)
+    pids: list[int | None] = [m.pid for m in members]
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    for level in plan.scraped_levels:
+        acc: dict[str, list[tuple[LoadResult, dict[str, float]]]] = {"plain": [], "scraped": []}
+        for _ in range(plan.rounds):
+            for side, cluster in (("plain", plain), ("scraped", observed)):
+                job = LoadJob(
+                    target=cluster.udp,
+                    in_flight=level,
+                    max_calls=plan.max_calls // 4,
+                    duration=plan.round_seconds,
+                    ranges=ranges,
+                    tag=f"s{side[0]}{level}",
+                    drain=3.0,
+                )
+                acc[side].append(runner.run(job, cluster.pid, pids))
+        row: dict[str, Any] = {"in_flight": level}
+        for side, runs in acc.items():
+            row[side] = _rounds_summary(runs)
+        p, o = row["plain"], row["scraped"]
+        row["ratio"] = o["cmds_per_s"] / p["cmds_per_s"] if p and o and p["cmds_per_s"] else None
+        rows.append(row)
+        log(_scraped_line(row))
+    window = f"{int(time.monotonic() - started) + 2}s"
+    target = f'job="{prometheus.job}"'
+    scrapes = {
+        "count": _one_value(prometheus, f"count_over_time(up{{{target}}}[{window}])"),
+        "failed": _one_value(prometheus, f"count_over_time((up{{{target}}} == 0)[{window}:])"),
+        "mean_duration_ms": ms(
+            _one_value(prometheus, f"avg_over_time(scrape_duration_seconds{{{target}}}[{window}])")
+        ),
+        "max_duration_ms": ms(
+            _one_value(prometheus, f"max_over_time(scrape_duration_seconds{{{target}}}[{window}])")
+        ),
+        "samples": _one_value(prometheus, f"scrape_samples_scraped{{{target}}}"),
+    }
+    log(
+        f"  Prometheus: {scrapes['count'] or 0:.0f} scrapes of /metrics in {window},"
+        f" {scrapes['failed'] or 0:.0f} failed, mean {_ms(scrapes['mean_duration_ms'])},"
+        f" max {_ms(scrapes['max_duration_ms'])}"
+    )
+    return {"scrape_interval": plan.scrape_interval, "scrapes": scrapes, "rows": rows}
+
+
+def _one_value(prometheus: PrometheusServer, expr: str) -> float | None:
+    """The value of a query with one series in its result (None when it has none)."""
+    result = prometheus.query(expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _scraped_line(row: dict[str, Any]) -> str:
+    def part(s: dict[str, Any] | None) -> str:
+        if not s or s["p50_ms"] is None:
+            return "-"
+        return f"{s['cmds_per_s']:8.0f}/s p50 {s['p50_ms']:.3f} p99 {s['p99_ms']:.3f} ms"
+
+    ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
+    return (
+        f"  udp {row['in_flight']:3} in flight | without --http {part(row['plain'])}"
+        f" | with --http, scraped {part(row['scraped'])} | ratio {ratio}"
+    )

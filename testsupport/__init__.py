@@ -8,6 +8,8 @@ Everything that starts a real program lives in this package, so that ``tests/``,
 * :mod:`testsupport.rtpcluster`: ``rtpcluster serve --foreground`` and its config,
   ready when its systemd notification (:mod:`testsupport.notify`) says so;
 * :mod:`testsupport.redis_server`: a redis-server for the session-store tests;
+* :mod:`testsupport.prometheus`: a Prometheus server scraping loopback targets (the
+  observability tests, the benchmark's row with the HTTP endpoint scraped);
 * :mod:`testsupport.programs`: finding external programs, or skipping clearly;
 * :mod:`testsupport.control`: control clients with cookies (blocking and trio);
 * :mod:`testsupport.ports`: free ports and RTP port ranges;

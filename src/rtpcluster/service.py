@@ -28,7 +28,15 @@ from pydantic import BaseModel
 from rtpcluster.admin.address import DEFAULT_ADMIN_SOCKET
 from rtpcluster.cluster.cluster import Cluster
 from rtpcluster.cluster.control import ClusterInfo, ControlError, ReloadPlan, StoreInfo
-from rtpcluster.config import ClusterConfig, Config, ConfigError, MemberConfig, load_config
+from rtpcluster.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    MemberChanges,
+    MemberConfig,
+    config_warnings,
+    load_config,
+)
 from rtpcluster.config.models import DisconnectNotify, MemberStatus, address_text, same_socket
 from rtpcluster.endpoint import Endpoint
 from rtpcluster.failures import describe_failure
@@ -395,7 +403,12 @@ class Service:
             lasting = target.lasting_config().members
             await _check_member_addresses(target.name, [*lasting, member], {member.name})
             await target.add_member(member)
-        log.info("%s: added member %s", cluster, member.name)
+        log.info(
+            "%s: added member %s",
+            cluster,
+            member.name,
+            extra={"cluster": cluster, "member": member.name},
+        )
 
     async def remove_member(self, cluster: str, member: str, timeout: float | None) -> None:
         async with self._changing:
@@ -409,6 +422,11 @@ class Service:
         async with self._changing:
             self._cluster(cluster).set_status(member, MemberStatus.ACTIVE)
 
+    async def set_member(self, cluster: str, member: str, changes: MemberChanges) -> None:
+        """Weight, capacity, backup at once: no restart, calls and health stay (logged)."""
+        async with self._changing:
+            self._cluster(cluster).set_member(member, changes)
+
     async def create_cluster(self, cluster: ClusterConfig) -> None:
         async with self._changing:
             if cluster.name in self.running:
@@ -419,7 +437,7 @@ class Service:
                 await self._start_clusters([cluster], prepared)
             finally:
                 prepared.close()
-        log.info("created cluster %s", cluster.name)
+        log.info("created cluster %s", cluster.name, extra={"cluster": cluster.name})
 
     async def destroy_cluster(self, name: str) -> None:
         async with self._changing:
@@ -438,7 +456,7 @@ class Service:
         await cluster.wait_until_empty()
         await cluster.stop(self.options.stop_grace)
         self._leaving.discard(cluster.name)
-        log.info("destroyed cluster %s", cluster.name)
+        log.info("destroyed cluster %s", cluster.name, extra={"cluster": cluster.name})
 
     def running_config(self) -> Config:
         """What runs now and stays: draining members and clusters being destroyed left out."""
@@ -478,6 +496,8 @@ class Service:
             try:
                 if not dry_run:
                     await self._apply(new, prepared)
+                    for warning in plan.warnings:
+                        log.warning("reload: %s", warning)
             finally:
                 prepared.close()
         except ControlError as exc:
@@ -602,7 +622,12 @@ def plan_reload(old: Config, new: Config, store_flag: str | None = None) -> Relo
             else:
                 changes += _field_changes(where, was, member_config)
     members = sum(len(c.members) for c in new.clusters)
-    return ReloadPlan(changes=sorted(changes), clusters=len(new.clusters), members=members)
+    return ReloadPlan(
+        changes=sorted(changes),
+        clusters=len(new.clusters),
+        members=members,
+        warnings=config_warnings(new),
+    )
 
 
 def _listeners_changed(old: ClusterConfig, new: ClusterConfig) -> bool:

@@ -20,6 +20,11 @@ FAST_TIMERS: dict[str, Any] = {
 }
 
 
+# The log line of member m0 of c1 taken offline, with its cause: what it left unanswered,
+# or how its connection failed.
+OFFLINE_WITH_CAUSE = r"c1: member m0: offline \((no answer to .+ in a row|connection failed: .+)\)"
+
+
 def member_config(name: str, proxy: RtpProxy, **fields: Any) -> MemberConfig:
     return MemberConfig.model_validate(
         {"name": name, "protocol": proxy.kind, "address": proxy.address, **fields}

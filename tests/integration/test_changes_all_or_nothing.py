@@ -343,4 +343,4 @@ async def test_a_member_that_hangs_up_says_why_once(
                     await probed_thrice.wait()
             nursery.cancel_scope.cancel()
     warnings = [r.getMessage() for r in caplog.records if "member m9" in r.getMessage()]
-    assert warnings == [f"member m9 cannot serve: unix:{path}: closed without a reply"]
+    assert warnings == [f"c1: member m9: cannot serve: unix:{path}: closed without a reply"]

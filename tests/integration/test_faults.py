@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.conftest import MemberFactory
 from tests.integration.harness import (
+    OFFLINE_WITH_CAUSE,
     cluster_config,
     direct_command,
     owner_of,
@@ -37,8 +41,9 @@ async def _make_calls(
 
 
 async def test_killed_member_goes_offline_others_unaffected_and_it_comes_back(
-    rtpproxy: MemberFactory, tmp_path: Path
+    rtpproxy: MemberFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="rtpcluster.cluster.member")
     members = [rtpproxy(), rtpproxy()]
     listen = f"udp:127.0.0.1:{free_port()}"
     async with running_service(cluster_config(members, [listen])) as service:
@@ -77,6 +82,19 @@ async def test_killed_member_goes_offline_others_unaffected_and_it_comes_back(
         finally:
             revived.stop()
         client.close()
+    # each move of m0 logged once, with its cause: no silent "offline" any more
+    moves = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == "rtpcluster.cluster.member" and getattr(r, "member", None) == "m0"
+    ]
+    [offline] = [move for move in moves if ": offline (" in move[1]]
+    assert offline[0] == "WARNING"
+    assert re.fullmatch(OFFLINE_WITH_CAUSE, offline[1]), offline
+    assert [text for _, text in moves if ": online (" in text] == [
+        "c1: member m0: online (answers V and the capabilities it needs)",
+        "c1: member m0: online (answered 2 probes in a row)",  # rise = 2
+    ]
 
 
 async def test_hung_member_is_detected_and_deletes_reach_it_after_it_resumes(

@@ -1,7 +1,9 @@
 """The HTTP endpoint of a running service with real RTPproxy members (rtp-io).
 
 Metrics are parsed with prometheus_client's own text parser; member state changes are
-awaited on the member's event, then the endpoint is asked.
+awaited on the member's event, then the endpoint is asked. The counters are checked
+against what the test did to real members: calls made, a retransmit, a killed member, a
+hung one, a lookup of a call the cluster does not know.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -24,7 +27,13 @@ from rtpcluster.config.models import http_endpoint
 from rtpcluster.service import ServeOptions, Service, run_service
 from tests.conftest import MemberFactory
 from tests.http_client import http_get
-from tests.integration.harness import cluster_config, wait_online
+from tests.integration.harness import (
+    cluster_config,
+    direct_command,
+    member_config,
+    owner_of,
+    wait_online,
+)
 from testsupport import RtpProxy, UdpControlClient, free_port
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -54,10 +63,10 @@ class Endpoint:
 
 @asynccontextmanager
 async def http_service(
-    proxies: list[RtpProxy], config_path: str = "unused.xml"
+    proxies: list[RtpProxy], config_path: str = "unused.xml", **settings: Any
 ) -> AsyncIterator[Endpoint]:
     control = f"udp:127.0.0.1:{free_port()}"
-    config: ClusterConfig = cluster_config(proxies, [control])
+    config: ClusterConfig = cluster_config(proxies, [control], **settings)
     port = free_port(socket.SOCK_STREAM)
     options = ServeOptions(
         config_path=config_path,
@@ -76,6 +85,30 @@ async def http_service(
 
 def member_key(name: str, member: str, **more: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return (name, frozenset({"cluster": "c1", "member": member, **more}.items()))
+
+
+def cluster_key(name: str, **more: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return (name, frozenset({"cluster": "c1", **more}.items()))
+
+
+def grown(before: Samples, after: Samples) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The counters that changed between two scrapes, by how much (gauges left out)."""
+    return {
+        key: after[key] - before.get(key, 0.0)
+        for key in after
+        if key[0].endswith(("_total", "_count", "_sum", "_bucket"))
+        and not key[0].startswith("process_")
+        and after[key] != before.get(key, 0.0)
+    }
+
+
+def commands(samples: Samples) -> float:
+    """Every reply counted in rtpcluster_commands_total of c1."""
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "rtpcluster_commands_total" and ("cluster", "c1") in labels
+    )
 
 
 async def test_member_up_follows_a_killed_member(rtpproxy: MemberFactory) -> None:
@@ -127,13 +160,154 @@ async def test_tracked_calls_follow_real_calls(rtpproxy: MemberFactory) -> None:
         assert sum(sessions) >= 6
 
 
-@pytest.mark.xfail(strict=True, reason="the executors count new calls once issue 10 lands")
 async def test_new_calls_total_grows_by_the_calls_made(rtpproxy: MemberFactory) -> None:
     async with http_service([rtpproxy(), rtpproxy()]) as endpoint:
-        key = ("rtpcluster_new_calls_total", frozenset({("cluster", "c1"), ("result", "placed")}))
-        before = (await endpoint.metrics())[key]
+        before = await endpoint.metrics()
         await new_calls(endpoint, 5)
-        assert (await endpoint.metrics())[key] == before + 5
+        after = await endpoint.metrics()
+        changed = grown(before, after)
+        assert changed.pop(cluster_key("rtpcluster_new_calls_total", result="placed")) == 5
+        assert changed.pop(cluster_key("rtpcluster_commands_total", op="U", result="ok")) == 5
+        member_ok = [
+            changed.pop(member_key("rtpcluster_member_commands_total", m, result="ok"), 0.0)
+            for m in ("m0", "m1")
+        ]
+        assert sum(member_ok) == 5  # each offer reached one member, once
+        assert changed.pop(cluster_key("rtpcluster_command_duration_seconds_count")) == 5
+        assert changed.pop(cluster_key("rtpcluster_command_duration_seconds_sum")) > 0
+        # nothing else counted: no failover, no refusal, no broadcast, no state change
+        assert {key[0] for key in changed} <= {"rtpcluster_command_duration_seconds_bucket"}
+        assert after[cluster_key("rtpcluster_command_duration_seconds_bucket", le="+Inf")] == 5
+
+
+async def test_a_retransmit_is_answered_from_the_cache_and_counted_as_cached(
+    rtpproxy: MemberFactory,
+) -> None:
+    async with http_service([rtpproxy()]) as endpoint:
+        client = UdpControlClient(endpoint.control)
+        try:
+            await client.command("U rtx1 127.0.0.1 4000 f1")
+            before = await endpoint.metrics()
+            assert await client.command("D rtx1 f1", cookie="same") == "0\n"
+            assert await client.command("D rtx1 f1", cookie="same") == "0\n"
+        finally:
+            client.close()
+        changed = grown(before, await endpoint.metrics())
+        assert changed[cluster_key("rtpcluster_retransmits_total")] == 1
+        assert changed[cluster_key("rtpcluster_commands_total", op="D", result="ok")] == 1
+        assert changed[cluster_key("rtpcluster_commands_total", op="D", result="cached")] == 1
+        # the member saw the D once: the retransmit never reached it
+        assert changed[member_key("rtpcluster_member_commands_total", "m0", result="ok")] == 1
+        assert changed[cluster_key("rtpcluster_command_duration_seconds_count")] == 2
+
+
+async def test_a_killed_member_is_down_changed_once_and_new_calls_go_elsewhere(
+    rtpproxy: MemberFactory,
+) -> None:
+    proxies = [rtpproxy(), rtpproxy()]
+    async with http_service(proxies) as endpoint:
+        before = await endpoint.metrics()
+        assert before[member_key("rtpcluster_member_state_changes_total", "m0")] == 1  # online
+        proxies[0].kill()
+        await endpoint.member_offline("m0")
+        after = await endpoint.metrics()
+        assert after[member_key("rtpcluster_member_up", "m0")] == 0
+        changed = grown(before, after)
+        assert changed[member_key("rtpcluster_member_state_changes_total", "m0")] == 1
+        assert member_key("rtpcluster_member_state_changes_total", "m1") not in changed
+        assert after[member_key("rtpcluster_member_downtime_seconds_total", "m0")] > 0
+        assert (
+            after[member_key("rtpcluster_member_downtime_seconds_total", "m1")]
+            == (before[member_key("rtpcluster_member_downtime_seconds_total", "m1")])
+        )
+
+        client = UdpControlClient(endpoint.control)
+        try:
+            reply = await client.command("U after-kill 127.0.0.1 4000 f1")
+        finally:
+            client.close()
+        assert owner_of(reply, proxies) is proxies[1]
+        changed = grown(after, await endpoint.metrics())
+        assert changed[cluster_key("rtpcluster_new_calls_total", result="placed")] == 1
+        assert changed[member_key("rtpcluster_member_commands_total", "m1", result="ok")] == 1
+
+        [cluster] = json.loads((await http_get(endpoint.port, "/api/v1/clusters")).body)["clusters"]
+        m0 = cluster["members"][0]
+        assert (m0["name"], m0["state"], m0["online"], m0["state_changes"]) == (
+            "m0",
+            "offline",
+            False,
+            2,
+        )
+        assert m0["downtime"] > 0 and m0["last_change_age"] >= 0
+
+
+async def test_a_new_call_its_hung_member_leaves_unanswered_fails_over(
+    rtpproxy: MemberFactory,
+) -> None:
+    """m1 holds one call at capacity 1, so the balancer picks m0 for the next; m0 hangs
+    (SIGSTOP), its offer times out, and the call is placed on m1 after all."""
+    proxies = [rtpproxy(), rtpproxy()]
+    members = [member_config("m0", proxies[0]), member_config("m1", proxies[1], capacity=1)]
+    async with http_service(proxies, members=members) as endpoint:
+        client = UdpControlClient(endpoint.control)
+        try:
+            # each new call lands on m1 with probability 1/2 until m1 holds one (then
+            # none does): 60 tries all missing it has odds of 2**-60
+            for n in range(60):
+                reply = await client.command(f"U fill{n} 127.0.0.1 4000 f1")
+                if owner_of(reply, proxies) is proxies[1]:
+                    break
+            else:
+                raise AssertionError("no call landed on m1")
+            before = await endpoint.metrics()
+            proxies[0].hang()
+            try:
+                reply = await client.command("U over 127.0.0.1 4000 f1")
+            finally:
+                proxies[0].unhang()
+        finally:
+            client.close()
+        assert owner_of(reply, proxies) is proxies[1]
+        changed = grown(before, await endpoint.metrics())
+        assert changed[cluster_key("rtpcluster_new_calls_total", result="failover")] == 1
+        assert cluster_key("rtpcluster_new_calls_total", result="placed") not in changed
+        assert changed[member_key("rtpcluster_member_commands_total", "m0", result="timeout")] == 1
+        assert changed[member_key("rtpcluster_member_commands_total", "m1", result="ok")] == 1
+        assert changed[cluster_key("rtpcluster_commands_total", op="U", result="ok")] == 1
+
+
+async def test_lookups_by_broadcast_and_the_histogram_counting_every_reply(
+    rtpproxy: MemberFactory,
+) -> None:
+    proxies = [rtpproxy(), rtpproxy()]
+    async with http_service(proxies) as endpoint:
+        # a call the cluster never saw, created on m1 behind its back
+        created = await direct_command(proxies[1], "U elsewhere 127.0.0.1 4000 f1")
+        before = await endpoint.metrics()
+        client = UdpControlClient(endpoint.control)
+        try:
+            assert await client.command("L nowhere 127.0.0.1 4002 f1 t1") == "0\n"
+            found = await client.command("L elsewhere 127.0.0.1 4002 f1 t1")
+            assert await client.command("K junk") == "E0\n"  # an error: counted too
+            assert await client.command("V") == "20040107\n"  # answered here
+        finally:
+            client.close()
+        assert owner_of(found, proxies) is owner_of(created, proxies) is proxies[1]
+        after = await endpoint.metrics()
+        changed = grown(before, after)
+        lookups = "rtpcluster_broadcast_lookups_total"
+        assert changed[cluster_key(lookups, result="not_found")] == 1
+        assert changed[cluster_key(lookups, result="found")] == 1
+        assert changed[cluster_key("rtpcluster_commands_total", op="L", result="ok")] == 2
+        assert changed[cluster_key("rtpcluster_commands_total", op="-", result="error")] == 1
+        assert changed[cluster_key("rtpcluster_commands_total", op="V", result="ok")] == 1
+        # each broadcast asked both members
+        for m in ("m0", "m1"):
+            assert changed[member_key("rtpcluster_member_commands_total", m, result="ok")] == 2
+        count = after[cluster_key("rtpcluster_command_duration_seconds_count")]
+        assert count == commands(after) and commands(after) - commands(before) == 4
+        assert after[cluster_key("rtpcluster_command_duration_seconds_bucket", le="+Inf")] == count
 
 
 async def test_api_serves_the_ls_json_document_of_the_same_service(

@@ -1,14 +1,20 @@
 """The status page in real headless Chromium (Debian ``chromium`` + ``chromium-driver``),
-driven with selenium: each member is shown with its state, and a killed member is shown
-going offline as the page refreshes itself.
+driven with selenium: each member is shown with its state and its figures (commands per
+second while calls come in, errors, time since its last change, downtime), and a killed
+member is shown going offline, its downtime growing, as the page refreshes itself.
 
 With RTPCLUSTER_SCREENSHOT_DIR set, the test leaves screenshots there (docs/ uses them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -92,6 +98,37 @@ def screenshot(driver: WebDriver, name: str) -> None:
         driver.save_screenshot(str(Path(where) / name))
 
 
+@contextmanager
+def calls_coming_in(port: int, per_second: float = 20.0, most: int = 1000) -> Iterator[None]:
+    """New calls at about ``per_second`` to the cluster's udp port, in a thread, until the
+    block ends (at most ``most`` of them): what makes commands/s move on the page."""
+    stop = threading.Event()
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(2)
+            for i in range(most):
+                if stop.wait(1 / per_second):
+                    return
+                command = f"t{i} U trickle{i} 127.0.0.1 4000 f{i}"
+                client.sendto(command.encode(), ("127.0.0.1", port))
+                with contextlib.suppress(TimeoutError):  # an offer to the killed member
+                    client.recv(1000)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def number(text: str) -> float | None:
+    """A figure the page shows (``12.5``), or None for a dash or anything else."""
+    return float(text) if re.fullmatch(r"\d+(\.\d+)?", text) else None
+
+
 def test_status_page_shows_members_and_one_going_offline(
     browser: WebDriver, rtpproxy: MemberFactory
 ) -> None:
@@ -113,15 +150,29 @@ def test_status_page_shows_members_and_one_going_offline(
         assert cell(browser, "rtpp1", "RTT").endswith(" ms")
         sessions = [int(cell(browser, m, "sessions")) for m in ("rtpp1", "rtpp2", "rtpp3")]
         assert sum(sessions) >= 12
-        # figures the routing path does not count yet show a dash
-        assert cell(browser, "rtpp1", "errors") == "\u2013"
         assert text(browser, "#summary") == "1 cluster, 3 of 3 members online"
+        # every member's figures are counted: nothing answered badly; the time since its
+        # change to online, and its downtime (the time it took to answer its first probe)
+        downtime = {}
+        for m in ("rtpp1", "rtpp2", "rtpp3"):
+            assert cell(browser, m, "errors") == "0"
+            assert re.fullmatch(r"\d+ s", cell(browser, m, "since change"))
+            downtime[m] = cell(browser, m, "downtime")
+            assert re.fullmatch(r"\d+ s", downtime[m])
 
-        proxies[0].kill()
-        wait.until(lambda d: states(d).get("rtpp1") == "offline")
-        assert states(browser) == {"rtpp1": "offline", "rtpp2": "online", "rtpp3": "online"}
-        wait.until(lambda d: text(d, "#summary") == "1 cluster, 2 of 3 members online")
-        screenshot(browser, "status-page.png")
+        with calls_coming_in(cluster.udp_port):
+            # new calls go to the active members only: their rate moves, rtpp3's stays 0
+            wait.until(lambda d: (number(cell(d, "rtpp1", "commands/s")) or 0) > 0)
+            wait.until(lambda d: number(cell(d, "rtpp3", "commands/s")) == 0)
+            proxies[0].kill()
+            wait.until(lambda d: states(d).get("rtpp1") == "offline")
+            assert states(browser) == {"rtpp1": "offline", "rtpp2": "online", "rtpp3": "online"}
+            wait.until(lambda d: text(d, "#summary") == "1 cluster, 2 of 3 members online")
+            # the killed member's downtime counts up; the others' stands still
+            wait.until(lambda d: cell(d, "rtpp1", "downtime") not in (downtime["rtpp1"], ""))
+            assert cell(browser, "rtpp2", "downtime") == downtime["rtpp2"]
+            wait.until(lambda d: (number(cell(d, "rtpp2", "commands/s")) or 0) > 0)
+            screenshot(browser, "status-page.png")
 
         browser.set_window_size(390, 844)  # a phone
         wait.until(lambda d: not shown(d, "thead") and shown(d, "tr[data-member='rtpp1']"))

@@ -9,12 +9,14 @@ framed by RELOADING=1 and READY=1, SIGTERM sends STOPPING=1, and every log line 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 
 import pytest
 
 from tests.conftest import MemberFactory
+from tests.integration.harness import OFFLINE_WITH_CAUSE
 from tests.integration.observe_harness import get, rtpcluster_process
 from testsupport import free_port
 
@@ -60,6 +62,10 @@ def test_notifications_and_json_logs_of_a_real_run(rtpproxy: MemberFactory) -> N
     messages = [d["message"] for d in documents]
     assert any("reload on SIGHUP" in m for m in messages)
     assert any(m.startswith("Running on http://127.0.0.1:") for m in messages)
+    # the SIGKILLed member: one "offline" line with its cause, keyed by cluster and member
+    [offline] = [d for d in documents if d.get("member") == "m0" and ": offline (" in d["message"]]
+    assert offline["cluster"] == "c1" and offline["level"] == "WARNING"
+    assert re.fullmatch(OFFLINE_WITH_CAUSE, offline["message"]), offline
 
 
 def test_http_from_the_xml_and_the_flag_winning_over_it(rtpproxy: MemberFactory) -> None:

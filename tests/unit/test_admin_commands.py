@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -15,7 +15,6 @@ from rtpcluster.cluster.control import (
     ControlError,
     MemberInfo,
     ReloadPlan,
-    ServiceControl,
     StoreInfo,
 )
 from rtpcluster.config import (
@@ -530,23 +529,6 @@ async def test_modify_set_on_an_unknown_cluster_or_member(control: FakeControl) 
     assert await run(control, "modify Supercluster#1 set rp9 weight=1") == [
         "ERROR: rp9: RTPproxy not found"
     ]
-
-
-class ControlWithoutLiveChanges:
-    """A service without set_member: the admin command checks for it, not assumes it."""
-
-    def __init__(self) -> None:
-        self.fake = FakeControl()
-
-    def cluster(self, name: str) -> ClusterInfo:
-        return self.fake.cluster(name)
-
-
-async def test_modify_set_against_a_service_without_live_changes() -> None:
-    control = ControlWithoutLiveChanges()
-    reply = await run_command(cast(ServiceControl, control), "modify Supercluster#1 set a weight=5")
-    assert reply.render() == ["ERROR: set: this service cannot change a member while it runs"]
-    assert control.fake.calls == []
 
 
 async def test_modify_add_takes_backup(control: FakeControl) -> None:

@@ -38,7 +38,7 @@ def make_member(
             "capacity": capacity,
         }
     )
-    member = Member(config)
+    member = Member(config, clock=lambda: 0.0)  # no trio run: a clock of its own
     if online:
         member.answered_probe()
     if status is MemberStatus.SUSPENDED:

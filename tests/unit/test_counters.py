@@ -14,8 +14,11 @@ from rtpcluster.cluster.counters import (
     ClusterCounters,
     LatencyHistogram,
     MemberCounters,
+    member_result,
     op_label,
+    reply_result,
 )
+from rtpcluster.protocol import error_code
 
 seconds = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
 
@@ -52,10 +55,11 @@ def test_buckets_span_a_tenth_of_a_millisecond_to_a_second() -> None:
 
 def test_every_command_label_pair_exists_from_the_start() -> None:
     counters = ClusterCounters()
-    assert set(counters.commands) == {(op, r) for op in COMMAND_OPS for r in COMMAND_RESULTS}
-    assert not any(counters.commands.values())
-    counters.commands[("U", "ok")] += 1
-    assert counters.commands[("U", "ok")] == 1
+    pairs = {(op, r) for op, results in counters.commands.items() for r in results}
+    assert pairs == {(op, r) for op in COMMAND_OPS for r in COMMAND_RESULTS}
+    assert not any(n for results in counters.commands.values() for n in results.values())
+    counters.commands["U"]["ok"] += 1
+    assert counters.commands["U"]["ok"] == 1
 
 
 @given(st.binary(max_size=20))
@@ -89,3 +93,11 @@ def test_downtime_stands_still_while_online() -> None:
     assert counters.downtime() == frozen
     counters.state_changed(False)
     assert counters.downtime() >= frozen
+
+
+@given(st.one_of(st.text(max_size=12), st.from_regex(r"\AE[0-9]{1,4}\n?\Z")))
+def test_a_reply_is_an_error_exactly_when_the_protocol_says_so(reply: str) -> None:
+    code = error_code(reply)
+    expected = "ok" if code is None else "timeout" if code == 997 else "error"
+    assert reply_result(reply) == expected
+    assert member_result(reply) == ("ok" if code is None else "error")  # a member's E997 too

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from rtpcluster.cluster.damping import Damping, DampingSettings, Transition
 from rtpcluster.config import parse_config
 
-GOOD, REPLY, FAILED = "good", "reply", "failed"
+GOOD, REPLY, FAILED, LOST = "good", "reply", "failed", "lost"
 
 
 def report(damping: Damping, result: str, now: float) -> Transition | None:
@@ -19,6 +19,8 @@ def report(damping: Damping, result: str, now: float) -> Transition | None:
         return damping.on_success(now)
     if result == REPLY:
         return damping.on_reply(now)
+    if result == LOST:
+        return damping.on_lost(now)
     return damping.on_failure(now)
 
 
@@ -72,6 +74,21 @@ def test_rise_good_probes_in_a_row_bring_it_back_replies_do_not() -> None:
     assert damping.on_reply(4.5) is None  # a late reply of a command sent before
     assert not damping.up
     assert damping.on_success(5.0) is Transition.UP
+
+
+def test_a_lost_connection_takes_it_out_at_once_and_breaks_a_rise_streak() -> None:
+    damping = Damping(DampingSettings(rise=2, fall=3))
+    assert damping.on_lost(0.0) is None  # never up: nothing to take out
+    damping.on_success(1.0)
+    assert damping.on_lost(2.0) is Transition.DOWN
+    assert not damping.up and not damping.rising
+    assert damping.on_success(3.0) is None
+    assert damping.rising  # one good answer of two
+    assert damping.on_lost(4.0) is None
+    assert not damping.rising
+    assert damping.on_success(5.0) is None
+    assert damping.on_success(6.0) is Transition.UP
+    assert not damping.rising
 
 
 def test_five_flaps_within_a_minute_hold_it_down_growing_to_five_minutes() -> None:
@@ -201,7 +218,9 @@ def damping_settings(draw: st.DrawFn) -> DampingSettings:
 
 # A result and the seconds since the one before; runs of one result make flaps likely.
 steps = st.lists(
-    st.tuples(st.sampled_from([GOOD, REPLY, FAILED]), st.floats(0.0, 30.0), st.integers(1, 5)),
+    st.tuples(
+        st.sampled_from([GOOD, REPLY, FAILED, LOST]), st.floats(0.0, 30.0), st.integers(1, 5)
+    ),
     max_size=60,
 ).map(lambda runs: [(result, gap) for result, gap, times in runs for _ in range(times)])
 
@@ -241,7 +260,7 @@ def test_damping_follows_rise_fall_and_hold_downs(
         elif seen.ever_up:
             if result == GOOD:
                 seen.good_in_a_row += 1
-            elif result == FAILED:
+            elif result in (FAILED, LOST):
                 seen.good_in_a_row = 0
 
         outcome = report(damping, result, now)
@@ -255,9 +274,10 @@ def test_damping_follows_rise_fall_and_hold_downs(
                 assert result == GOOD
             seen.ever_up, seen.up, seen.failed_in_a_row, seen.up_since = True, True, 0, now
         elif outcome in (Transition.DOWN, Transition.HELD_DOWN):
-            # out after exactly fall failures in a row, never earlier
-            assert was_up and result == FAILED
-            assert seen.failed_in_a_row == settings.fall
+            # out after exactly fall failures in a row, never earlier; or its connection lost
+            assert was_up and result in (FAILED, LOST)
+            if result == FAILED:
+                assert seen.failed_in_a_row == settings.fall
             stable = now - seen.up_since >= settings.hold_down_max
             outs.append(now)
             held = seen.outs_within_window(outs, now)
@@ -280,7 +300,7 @@ def test_damping_follows_rise_fall_and_hold_downs(
             assert outcome is None
             # never out while fewer than fall failures in a row; never left up after fall
             if was_up:
-                assert seen.failed_in_a_row < settings.fall
+                assert seen.failed_in_a_row < settings.fall and result != LOST
             # never back while fewer than rise good ones in a row, or while held down
             if seen.ever_up and not was_up and result == GOOD:
                 assert seen.good_in_a_row < settings.rise or (

@@ -92,8 +92,19 @@ class Rig:
         fixed.random = lambda: rng  # type: ignore[method-assign]
         self.router = Router(config, lambda: list(members), self.sessions, fixed)
         outcomes = Outcomes(self.sessions)
+        self.counters = outcomes.counters
         self.tasks = TaskExecutor(self.router, outcomes)
         self.inline = InlineExecutor(self.router, outcomes, self.tasks)
+
+    def new_calls(self) -> tuple[int, int, int]:
+        """(placed, failover, refused) so far."""
+        c = self.counters
+        return (c.new_calls_placed, c.new_calls_failover, c.new_calls_refused)
+
+
+def sent(m: Member) -> dict[str, int]:
+    """What ``m`` was sent, by result (zeros left out)."""
+    return {result: n for result, n in m.counters.commands.items() if n}
 
 
 # --- the task executor -----------------------------------------------------------------------
@@ -110,6 +121,9 @@ async def test_a_silent_member_is_failed_over_once_and_its_offer_kept_for_deleti
     # a may still create the session late: a delete of that offer is kept for it
     assert kept(a) == ["D c1 f"]
     assert a.client.sent == b.client.sent == ["U c1 127.0.0.1 4000 f"]  # type: ignore[attr-defined]
+    # counted once each: a failover, a silence on a, an answer from b
+    assert rig.new_calls() == (0, 1, 0)
+    assert (sent(a), sent(b)) == ({"timeout": 1}, {"ok": 1})
 
 
 async def test_an_unreachable_member_gets_no_delete_kept_for_an_offer_it_never_saw() -> None:
@@ -129,6 +143,9 @@ async def test_every_member_silent_on_a_new_call_is_e997_and_takes_them_offline(
     assert await rig.tasks.handle(b"U c1 127.0.0.1 4000 f") == "E997\n"
     assert await rig.tasks.handle(b"U c2 127.0.0.1 4000 f") == "E997\n"
     assert a.state is b.state is OFFLINE
+    assert rig.new_calls() == (0, 0, 2)
+    assert sent(a) == sent(b) == {"timeout": 2}
+    assert a.counters.state_changes == b.counters.state_changes == 2  # online, then offline
     moves = [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
     assert sorted(moves) == [
         "c1: member a: offline (no answer to 2 forwarded commands in a row)",
@@ -170,6 +187,27 @@ async def test_a_call_found_by_asking_around_is_bound_to_the_member_that_has_it(
     assert await rig.tasks.handle(b"L c1 127.0.0.1 4002 f t") == "35000\n"
     assert rig.sessions.get("c1") is b
     assert await rig.tasks.handle(b"Q c9 f t") == "E995\n"  # 0 is no Q answer, for nobody
+    assert (rig.counters.broadcast_found, rig.counters.broadcast_not_found) == (1, 1)
+    assert sent(a) == sent(b) == {"ok": 2}  # each asked once per broadcast
+
+
+async def test_a_member_refusing_a_new_call_counts_an_error_and_a_refused_call() -> None:
+    a = member("a", ScriptedClient(lambda _: "E71"))
+    rig = Rig([a])
+    assert await rig.tasks.handle(b"U c1 127.0.0.1 4000 f") == "E71\n"
+    assert rig.new_calls() == (0, 0, 1)
+    assert sent(a) == {"error": 1} and a.failures == 0  # it answered
+    assert await rig.tasks.handle(b"U c2 127.0.0.1 4000 f") == "E71\n"
+    assert rig.sessions.get("c1") is rig.sessions.get("c2") is None
+
+
+async def test_no_member_online_refuses_a_new_call_without_sending_anything() -> None:
+    a = member("a", ScriptedClient(lambda _: "35000"))
+    a.lost("test: connection failed")
+    rig = Rig([a])
+    assert await rig.tasks.handle(b"U c1 127.0.0.1 4000 f") == "E999\n"
+    assert rig.new_calls() == (0, 0, 1)
+    assert sent(a) == {}
 
 
 async def test_a_fault_of_ours_is_e990_and_logged_not_a_timeout(
@@ -179,7 +217,8 @@ async def test_a_fault_of_ours_is_e990_and_logged_not_a_timeout(
     rig = Rig([broken])
     rig.sessions.bind("c1", broken)
     assert await rig.tasks.handle(b"L c1 127.0.0.1 4002 f t") == "E990\n"
-    assert any("internal error while routing" in r.getMessage() for r in caplog.records)
+    [fault] = [r for r in caplog.records if "internal error while routing" in r.getMessage()]
+    assert getattr(fault, "call_id", None) == "c1"  # the JSON log's call_id key
     assert broken.failures == 0  # not counted against the member
 
 
@@ -226,6 +265,8 @@ async def test_udp_commands_are_carried_out_without_a_task() -> None:
         rig.inline.dispatch(b"V", respond, _never_abandoned)  # answered here, at once
         assert replies == ["35000\n", "35000\n", "20040107\n"]
         assert rig.sessions.get("c1") is a and a.placed_since_report == 1
+        assert rig.new_calls() == (1, 0, 0)
+        assert (sent(a), sent(b)) == ({"ok": 2}, {})
         nursery.cancel_scope.cancel()
 
 

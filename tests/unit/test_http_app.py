@@ -325,7 +325,7 @@ def test_counters_are_read_at_scrape_time(app: StatusApp, source: FakeSource) ->
     app.respond(request("/metrics"))  # creates the counters
     c = "Supercluster#1"
     cluster = source.cluster_counters[c]
-    cluster.commands[("U", "ok")] += 7
+    cluster.commands["U"]["ok"] += 7
     cluster.new_calls_placed += 4
     cluster.new_calls_failover += 1
     cluster.broadcast_not_found += 2

@@ -70,7 +70,7 @@ def make_member(
         {"name": name, "protocol": kind, "address": address, "weight": weight,
          "capacity": capacity, **fields}
     )  # fmt: skip
-    member = Member(config)
+    member = Member(config, clock=lambda: 0.0)  # no trio run: a clock of its own
     if online:
         member.answered_probe()
     return member
@@ -110,6 +110,21 @@ def test_a_new_call_is_placed_on_the_balancers_pick_with_the_new_call_budget() -
     assert decision.tried == ()
     # deciding changes nothing: the executor binds and counts once the member answers
     assert len(sessions) == 0 and b.placed_since_report == 0
+
+
+def test_a_new_call_waits_the_configured_new_call_budget_and_a_reload_changes_it() -> None:
+    a, b = make_member("a"), make_member("b")
+    router, _ = make_router([a, b], new_call_budget=0.2)
+    assert decide(router, "U c1 127.0.0.1 4000 f").timeout == pytest.approx(0.2)
+    router.apply_settings(
+        ClusterConfig(
+            name="c1", listen=[Endpoint.parse("udp:127.0.0.1:1")], member_timeout=0.5,
+            new_call_budget=0.45,
+        )
+    )  # fmt: skip
+    again = decide(router, "U c2 127.0.0.1 4000 f")
+    assert again.timeout == pytest.approx(0.45)
+    assert router.fail_over(again).timeout == pytest.approx(0.45)  # the next member too
 
 
 @pytest.mark.parametrize("kind", ["udp", "unix", "cunix", "tcp"])

@@ -33,7 +33,6 @@ from rtpcluster.cluster.control import (
     ClusterInfo,
     ControlError,
     MemberInfo,
-    MemberSettingsControl,
     ServiceControl,
     StoreInfo,
     cluster_document,
@@ -266,10 +265,7 @@ async def modify_add(ctx: ModifyContext, args: FieldsArgs) -> Reply:
 async def modify_set(ctx: ModifyContext, args: SetArgs) -> Reply:
     info = ctx.control.cluster(ctx.cluster)
     changes = member_changes_from_fields(unique_fields(args.fields), info.name, args.member)
-    control = ctx.control
-    if not isinstance(control, MemberSettingsControl):
-        raise ControlError("set: this service cannot change a member while it runs")
-    await control.set_member(info.name, args.member, changes)
+    await ctx.control.set_member(info.name, args.member, changes)
     return Reply()
 
 

@@ -7,6 +7,7 @@ a socket that cannot be bound); 2 bad configuration or an unreachable admin sock
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from enum import StrEnum
@@ -197,7 +198,7 @@ def _run_daemon(
     configure_logging(level, log_format)
     log = logging.getLogger("rtpcluster")
     _log_warnings(config)
-    options.reopen_log = daemon.reopen_log
+    options = dataclasses.replace(options, reopen_log=daemon.reopen_log)
     raise_descriptor_limit()
 
     async def serve() -> None:

@@ -32,18 +32,18 @@ takes some calls at once (and shows it works) without being hit by every new cal
 
 
 class Candidate(Protocol):
-    """What :func:`pick` reads of a member.
-
-    Two more attributes are read when present, with defaults for objects without them
-    (today's ``Member``): ``backup: bool`` (default False) and ``effective_weight:
-    float`` (default ``weight``), the weight in effect now, ramped during slow start.
-    """
+    """What :func:`pick` reads of a member (``Member`` has these)."""
 
     @property
     def accepts_new_sessions(self) -> bool: ...
 
     @property
-    def weight(self) -> int: ...
+    def backup(self) -> bool: ...
+
+    @property
+    def effective_weight(self) -> float:
+        """The weight in effect now: its ``weight``, ramped during slow start."""
+        ...
 
     @property
     def utilisation(self) -> float: ...
@@ -71,16 +71,6 @@ def effective_weight(
     return weight * (RAMP_START + (1.0 - RAMP_START) * progress)
 
 
-def is_backup(member: Candidate) -> bool:
-    """Whether ``member`` is a backup (False for objects without a ``backup``)."""
-    return bool(getattr(member, "backup", False))
-
-
-def weight_now(member: Candidate) -> float:
-    """``member.effective_weight`` if it has one, else its configured ``weight``."""
-    return float(getattr(member, "effective_weight", member.weight))
-
-
 def pick(
     members: Iterable[CandidateT],
     hard_limit: bool,
@@ -93,7 +83,7 @@ def pick(
     for member in members:
         if not member.accepts_new_sessions or member in exclude:
             continue
-        (backups if is_backup(member) else primaries).append(member)
+        (backups if member.backup else primaries).append(member)
     for tier in (primaries, backups):
         if tier:
             chosen = _pick_within(tier, hard_limit, rng)
@@ -106,7 +96,7 @@ def _pick_within(
     candidates: list[CandidateT], hard_limit: bool, rng: random.Random | None
 ) -> CandidateT | None:
     """The weighted draw among candidates of one tier; None if none can take a call."""
-    shares = [weight_now(member) * (1.0 - member.utilisation) for member in candidates]
+    shares = [member.effective_weight * (1.0 - member.utilisation) for member in candidates]
     total = sum(share for share in shares if share > 0.0)
     if total <= 0.0:
         if hard_limit:

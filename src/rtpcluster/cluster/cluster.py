@@ -24,6 +24,7 @@ from functools import partial
 import trio
 
 from rtpcluster.cluster.control import ClusterInfo, ControlError, MemberInfo
+from rtpcluster.cluster.counters import ClusterCounters
 from rtpcluster.cluster.executors import InlineExecutor, TaskExecutor
 from rtpcluster.cluster.front import REPLY_CACHE_LIFETIME, CommandFront
 from rtpcluster.cluster.member import DRAINING, Member
@@ -33,7 +34,7 @@ from rtpcluster.cluster.router import Router
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.cluster.store_reads import OfferReads
 from rtpcluster.cluster.supervisor import MemberSupervisor
-from rtpcluster.config.models import ClusterConfig, MemberConfig, MemberStatus
+from rtpcluster.config.models import ClusterConfig, MemberChanges, MemberConfig, MemberStatus
 from rtpcluster.store import MemoryStore, SessionStore
 from rtpcluster.transport.listeners import BoundSockets, Listener
 from rtpcluster.transport.pump import DatagramPump
@@ -68,10 +69,11 @@ class Cluster:
             self.sessions,
             store_reads=self.offer_reads,
         )
-        outcomes = Outcomes(self.sessions, store=store, cluster=config.name)
+        self.counters = ClusterCounters()  # what /metrics reads; bumped by outcomes and front
+        outcomes = Outcomes(self.sessions, counters=self.counters, store=store, cluster=config.name)
         self.tasks = TaskExecutor(self.router, outcomes, partial(store.lookup, config.name))
         self.inline = InlineExecutor(self.router, outcomes, self.tasks)
-        self.front = CommandFront(self.inline.dispatch, self.tasks.handle)
+        self.front = CommandFront(self.inline.dispatch, self.tasks.handle, self.counters)
         self.listeners: list[Listener] = []
         self.notify_relay: NotifyRelay | None = None
         self._scope = trio.CancelScope()
@@ -183,7 +185,12 @@ class Cluster:
                 forgotten = self.sessions.rotate()
                 self._rotated_at = now
                 if forgotten:
-                    log.info("%s: forgot %d idle calls", self.name, forgotten)
+                    log.info(
+                        "%s: forgot %d idle calls",
+                        self.name,
+                        forgotten,
+                        extra={"cluster": self.name},
+                    )
                 next_session_rotation = now + self._settings.session_idle_timeout / 2
             self.sessions.compact()
             if self.sessions.early_rotations != early_rotations and now >= next_full_warning:
@@ -193,6 +200,7 @@ class Cluster:
                     self.name,
                     self.sessions.max_entries,
                     self.sessions.early_rotations - early_rotations,
+                    extra={"cluster": self.name},
                 )
                 early_rotations = self.sessions.early_rotations
                 next_full_warning = now + TABLE_FULL_WARNING_INTERVAL
@@ -218,6 +226,10 @@ class Cluster:
     def set_status(self, name: str, status: MemberStatus) -> None:
         self.supervisor.set_status(self.member(name), status)
 
+    def set_member(self, name: str, changes: MemberChanges) -> None:
+        """Weight, capacity, backup of a member, at once; its calls and health stay."""
+        self.supervisor.set_member(name, changes)
+
     async def replace_member(self, config: MemberConfig) -> None:
         """Apply a changed member config; an address change reconnects, calls stay bound."""
         await self.supervisor.replace(config)
@@ -227,7 +239,8 @@ class Cluster:
         await self.supervisor.wait_until_empty()
 
     def update_settings(self, config: ClusterConfig) -> None:
-        """Apply cluster-level settings that need no restart (timers, capacity limit)."""
+        """Apply cluster-level settings that need no restart (timers, capacity limit,
+        damping, slow start)."""
         keep = {
             "members": [],
             "listen": self._settings.listen,
@@ -238,6 +251,7 @@ class Cluster:
         }
         self._settings = config.model_copy(update=keep)
         self.router.apply_settings(self._settings)
+        self.supervisor.apply_policy()
         self.sessions.idle_timeout = self._settings.session_idle_timeout
 
     def lasting_config(self) -> ClusterConfig:
@@ -277,7 +291,9 @@ class Cluster:
         members = []
         for member in self.supervisor.member_list():
             cfg = member.config
+            counters = member.counters
             left = None if member.drain_deadline is None else max(0.0, member.drain_deadline - now)
+            ramp_left = member.slow_start_left()  # None once it has its full weight
             members.append(
                 MemberInfo(
                     name=cfg.name,
@@ -298,6 +314,14 @@ class Cluster:
                     drain_deadline=left,
                     deferred_deletes=len(member.deferred),
                     deferred_dropped=member.deferred.dropped,
+                    backup=cfg.backup,
+                    effective_weight=None if ramp_left is None else member.effective_weight,
+                    slow_start_left=ramp_left,
+                    held_down_left=member.held_down_left(),
+                    commands=dict(counters.commands),
+                    state_changes=counters.state_changes,
+                    last_change_age=counters.last_change_age(),
+                    downtime=counters.downtime(),
                 )
             )
         return ClusterInfo(

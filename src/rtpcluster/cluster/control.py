@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from rtpcluster.config.models import ClusterConfig, Config, MemberChanges, MemberConfig
@@ -45,11 +45,12 @@ class MemberInfo:
     # Taken out for flapping: seconds until it may come back (after rise good answers);
     # None when it is not held down.
     held_down_left: float | None = None
-    # From the member's counters; None until the executors count (issue 10).
+    # Its state, and its counters (cluster.counters.MemberCounters); None only where a
+    # ServiceControl does not count (a test's fake).
     state: str | None = None  # probing, online, offline, draining, removed
-    commands: dict[str, int] | None = None  # commands forwarded, by result: ok/error/timeout
+    commands: dict[str, int] | None = None  # commands sent to it, by result: ok/error/timeout
     state_changes: int | None = None  # online/offline changes since it was added
-    last_change_age: float | None = None  # seconds since the last of them
+    last_change_age: float | None = None  # seconds since the last of them (or since added)
     downtime: float | None = None  # seconds offline since it was added
 
 
@@ -123,6 +124,16 @@ class ServiceControl(Protocol):
 
     async def resume_member(self, cluster: str, member: str) -> None: ...
 
+    async def set_member(self, cluster: str, member: str, changes: MemberChanges) -> None:
+        """Change weight, capacity or backup of a running member, at once.
+
+        Its connection, health state, ramp and calls stay as they are; the next new call
+        is placed by the new values, and ``running_config`` (so ``save``) holds them.
+        Raise ControlError('<cluster>: cluster not found') or ControlError('<member>:
+        RTPproxy not found'); ``changes`` was validated when it was built.
+        """
+        ...
+
     async def create_cluster(self, cluster: ClusterConfig) -> None: ...
 
     async def destroy_cluster(self, name: str) -> None:
@@ -143,22 +154,3 @@ class ServiceControl(Protocol):
 
     @property
     def config_path(self) -> str: ...
-
-
-@runtime_checkable
-class MemberSettingsControl(Protocol):
-    """The live member changes of ``modify <cluster> set``: a service offers them or not.
-
-    Kept apart from :class:`ServiceControl` until the service implements it; then it
-    becomes one more method there and the admin command stops asking.
-    """
-
-    async def set_member(self, cluster: str, member: str, changes: MemberChanges) -> None:
-        """Change weight, capacity or backup of a running member, at once.
-
-        Its connection, health state and calls stay as they are; the next new call is
-        placed by the new values, and ``running_config`` (so ``save``) holds them. Raise
-        ControlError('<cluster>: cluster not found') or ControlError('<member>: RTPproxy
-        not found'); ``changes`` was validated when it was built.
-        """
-        ...

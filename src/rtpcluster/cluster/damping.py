@@ -4,7 +4,8 @@ Pure and table-driven, like ``protocol/``: no clock, no trio. The owner (the mem
 lifecycle) reports every result that says whether the member answers, with the time:
 ``on_success(now)`` for a good heartbeat or probe round, ``on_reply(now)`` for a
 command's reply, ``on_failure(now)`` for a failed or unanswered heartbeat, probe or
-command. Each returns the :class:`Transition` to carry out, or None. A reply counts
+command, ``on_lost(now)`` for a connection that failed (out at once). Each returns the
+:class:`Transition` to carry out, or None. A reply counts
 only while the member is up (it resets ``fall``): replies that come in after it was
 taken out belong to commands sent before, and ``rise`` counts heartbeats and probes.
 Heartbeats keep their interval while they fail, so ``fall`` failures take about ``fall``
@@ -14,7 +15,8 @@ heartbeat intervals (less when commands fail too).
   (members that start with the service, and ones added at run time, are not kept out
   for ``rise`` probes: nothing is known against them).
 - An up member goes out at exactly ``fall`` failures in a row; any success in between
-  starts the count again.
+  starts the count again. A lost connection takes it out at once (it counts as an out
+  for the flap damping like any other).
 - A member that was taken out comes back after ``rise`` good answers in a row, and not
   before its hold-down (if any) has ended: the answer that brings it back is at or after
   :attr:`Damping.held_until`.
@@ -85,6 +87,7 @@ class _Result(Enum):
     GOOD = "good"  # heartbeat or probe round answered
     REPLY = "reply"  # a command answered
     FAILED = "failed"  # anything unanswered or wrong
+    LOST = "lost"  # its connection failed: nothing sent to it can be answered
 
 
 class Damping:
@@ -124,6 +127,16 @@ class Damping:
         """Whether the member is out and held down at ``now``."""
         return self._phase is _Phase.OUT and self.held_until is not None and now < self.held_until
 
+    @property
+    def good_in_a_row(self) -> int:
+        """While out: good heartbeats or probes since its last failure (its rise streak)."""
+        return self._successes if self._phase is _Phase.OUT else 0
+
+    @property
+    def rising(self) -> bool:
+        """Out, with good answers in a row since its last failure (on its way back)."""
+        return self._phase is _Phase.OUT and self._successes > 0
+
     def held_down_left(self, now: float) -> float | None:
         """Seconds of hold-down left at ``now`` (for ``ls``); None when not held down."""
         if not self.held_down(now):
@@ -144,6 +157,10 @@ class Damping:
     def on_failure(self, now: float) -> Transition | None:
         """A failed or unanswered heartbeat, probe or command at ``now``."""
         return _ON_RESULT[self._phase, _Result.FAILED](self, now)
+
+    def on_lost(self, now: float) -> Transition | None:
+        """Its connection failed at ``now``: an up member goes out at once."""
+        return _ON_RESULT[self._phase, _Result.LOST](self, now)
 
     def update_settings(self, settings: DampingSettings) -> None:
         """New settings (a reload): the history is kept, the counts apply from now on.
@@ -216,10 +233,13 @@ _ON_RESULT: dict[tuple[_Phase, _Result], _Rule] = {
     (_Phase.NEW, _Result.GOOD): Damping._first_answer,
     (_Phase.NEW, _Result.REPLY): Damping._nothing,
     (_Phase.NEW, _Result.FAILED): Damping._nothing,
+    (_Phase.NEW, _Result.LOST): Damping._nothing,
     (_Phase.UP, _Result.GOOD): Damping._answered,
     (_Phase.UP, _Result.REPLY): Damping._answered,
     (_Phase.UP, _Result.FAILED): Damping._failed,
+    (_Phase.UP, _Result.LOST): Damping._go_out,
     (_Phase.OUT, _Result.GOOD): Damping._rising,
     (_Phase.OUT, _Result.REPLY): Damping._nothing,
     (_Phase.OUT, _Result.FAILED): Damping._fell_back,
+    (_Phase.OUT, _Result.LOST): Damping._fell_back,
 }

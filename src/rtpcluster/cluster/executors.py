@@ -58,9 +58,18 @@ async def _nothing_stored(call_id: str) -> str | None:
     return None
 
 
-def _internal_error(what: object) -> str:
-    log.exception("internal error while routing %r", what)
+def _internal_error(what: object, call_id: str | None = None) -> str:
+    log.exception("internal error while routing %r", what, extra={"call_id": call_id})
     return INTERNAL_REPLY
+
+
+def _call_of(decision: Decision) -> str | None:
+    """The call a decision is about, for the log line of a fault while carrying it out."""
+    if isinstance(decision, PlaceNewCall):
+        return decision.call_id
+    if isinstance(decision, Forward):
+        return decision.command.call_id
+    return None
 
 
 class TaskExecutor:
@@ -91,7 +100,7 @@ class TaskExecutor:
         try:
             decision = self._router.decide(cmd)
         except Exception:
-            return _internal_error(cmd.serialize()[:200])
+            return _internal_error(cmd.serialize()[:200], cmd.call_id)
         return await self.carry_out(decision)
 
     def start(self, decision: Decision, respond: Respond, abandon: Abandon) -> None:
@@ -120,7 +129,7 @@ class TaskExecutor:
         try:
             return await self._follow(decision)
         except Exception:
-            return _internal_error(decision)
+            return _internal_error(decision, _call_of(decision))
 
     async def _follow(self, decision: Decision) -> str:
         router, outcomes = self._router, self._outcomes
@@ -203,7 +212,7 @@ class InlineExecutor:
         try:
             decision = self._router.decide(cmd)
         except Exception:
-            respond(_internal_error(cmd.serialize()[:200]))
+            respond(_internal_error(cmd.serialize()[:200], cmd.call_id))
             return
         self.carry_out(decision, respond, abandon)
 
@@ -239,7 +248,7 @@ class InlineExecutor:
                 else:
                     text = outcomes.forwarded(decision, reply)
             except Exception:
-                text = _internal_error(decision)
+                text = _internal_error(decision, _call_of(decision))
             respond(text)
 
         client.submit(decision.command.serialize(), decision.timeout, done)
@@ -255,14 +264,14 @@ class InlineExecutor:
                 try:
                     text = outcomes.call_placed(decision, reply)
                 except Exception:
-                    text = _internal_error(decision)
+                    text = _internal_error(decision, _call_of(decision))
                 respond(text)
                 return
             try:
                 outcomes.offer_unanswered(decision, timed_out=True)
                 following = self._router.fail_over(decision)
             except Exception:
-                respond(_internal_error(decision))
+                respond(_internal_error(decision, _call_of(decision)))
                 return
             self.carry_out(following, respond, abandon)
 

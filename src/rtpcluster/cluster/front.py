@@ -3,16 +3,20 @@
 For a datagram: the cookie (protocol.cookie), the reply cache that answers retransmits,
 and the bounds on the work in flight; then the inline executor. For a stream command:
 the task executor, in the connection's task. Either way it counts the commands in flight,
-so that a graceful stop can wait for their replies.
+so that a graceful stop can wait for their replies, and every reply that goes out (its op,
+result and latency: ``ClusterCounters.replied``; a retransmit answered from the cache:
+``replied_from_cache``), the one place all replies pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import trio
 
+from rtpcluster.cluster.counters import ClusterCounters, op_label
 from rtpcluster.cluster.reply_cache import MAX_BYTES, MAX_ENTRIES, ReplyCache
 from rtpcluster.protocol import MAX_DATAGRAM_BYTES, ProtocolError, join_cookie, split_cookie
 from rtpcluster.transport.listeners import SendDatagram
@@ -34,9 +38,15 @@ Dispatch = Callable[[bytes, Callable[[str], None], Callable[[], None]], None]
 
 
 class CommandFront:
-    def __init__(self, dispatch: Dispatch, handle: Callable[[bytes], Awaitable[str]]) -> None:
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        handle: Callable[[bytes], Awaitable[str]],
+        counters: ClusterCounters,
+    ) -> None:
         self._dispatch = dispatch
         self._handle = handle
+        self._counters = counters
         self.reply_cache = ReplyCache(REPLY_CACHE_LIFETIME, REPLY_CACHE_ENTRIES, REPLY_CACHE_BYTES)
         # Datagrams answered by no command: without a cookie to answer to (blank, or one
         # over MAX_COOKIE_BYTES), or refused because MAX_DATAGRAMS_IN_FLIGHT were in flight.
@@ -55,12 +65,15 @@ class CommandFront:
         MAX_BYTES_IN_FLIGHT bytes): past that a datagram is dropped unanswered, as by a
         full socket buffer, and the client's retransmit comes back later.
         """
+        arrived = perf_counter()
         try:
             cookie, body = split_cookie(data)
         except ProtocolError:
             self.datagrams_ignored += 1  # no cookie to answer with
             return
+        counters = self._counters
         if len(data) > MAX_DATAGRAM_BYTES:
+            counters.replied(op_label(body), "E5", perf_counter() - arrived)
             send(join_cookie(cookie, "E5"), addr)  # cut by the listener: never run a part
             return
         key = (cookie, addr)
@@ -68,6 +81,7 @@ class CommandFront:
         known = cache.begin(key)
         if known is not None:
             if known:
+                counters.replied_from_cache(op_label(body), perf_counter() - arrived)
                 send(known, addr)
             return  # else the first copy is still being worked on: its reply answers both
         size = len(data)
@@ -86,6 +100,7 @@ class CommandFront:
             cache.finish(key, out)
             self._inflight_bytes -= size
             self._done_one()
+            counters.replied(op_label(body), reply, perf_counter() - arrived)
             send(out, addr)
 
         def abandon() -> None:
@@ -97,11 +112,14 @@ class CommandFront:
 
     async def on_command(self, data: bytes) -> str:
         """A command from a stream listener (no cookie, no cache)."""
+        arrived = perf_counter()
         self.inflight += 1
         try:
-            return await self._handle(data)
+            reply = await self._handle(data)
         finally:
             self._done_one()
+        self._counters.replied(op_label(data), reply, perf_counter() - arrived)
+        return reply
 
     def _done_one(self) -> None:
         self.inflight -= 1

@@ -2,10 +2,14 @@
 
 A member is online after it answers ``V`` with the protocol version and supports the
 multi-stream capability every SIP server asks for. While online it is asked ``Ib``
-every heartbeat interval; that feeds the load figures. Failed commands and heartbeats
-count together: after :data:`OFFLINE_AFTER_FAILURES` in a row it goes offline, and it
-is probed again every ``offline_probe_interval`` until it answers. A hung member
-answers nothing, so it fails on time-outs exactly like a dead one.
+every ``heartbeat_interval``, counted from the start of the one before, also while they
+fail (a failed one is not asked again at once): ``fall`` failed heartbeats take about
+``fall`` intervals. The answers feed the load figures. Failed commands and heartbeats
+count together, in the member's damping, which takes it out after ``fall`` in a row. An
+offline member is probed every ``offline_probe_interval``; once a probe has answered,
+every ``heartbeat_interval`` while the good probes go on (its ``rise`` streak), and it
+comes back after ``rise`` of them in a row, not before a hold-down has ended. A hung
+member answers nothing, so it fails on time-outs exactly like a dead one.
 """
 
 from __future__ import annotations
@@ -40,9 +44,6 @@ REQUIRED_CAPABILITY = CAP_MULTI_STREAM  # every SIP server we know refuses a nod
 KNOWN_CAPABILITIES = (CAP_NOTIFY, CAP_WILDCARD_NOTIFY, CAP_SUBCOMMANDS)
 HEARTBEAT = "Ib"
 HEARTBEAT_LINES = reply_lines(parse_command(HEARTBEAT))  # the five of an I reply
-# A failed heartbeat is asked again this soon: a member that hangs is offline after two
-# failures, about 2 x member_timeout after its last answer, not a heartbeat later.
-RETRY_AFTER_FAILED_HEARTBEAT = 0.1
 
 
 async def probe(member: Member, timeout: float) -> str | None:
@@ -101,34 +102,51 @@ async def watch(
 
     Started (``task_status``) once the first probe has answered or failed. The timers are
     read from ``settings`` each round, so a reload changes them for running members too.
-    Going offline and coming back are the member's moves, logged there.
+    Going offline and coming back are the member's moves (its damping's verdicts),
+    logged there.
     """
     reported: str | None = None  # why the last probe failed: logged once, not per probe
-    probed = False
+    started = False
     while True:
+        round_start = trio.current_time()
         timers = settings()
         timeout = timers.member_timeout
-        if not member.online:
-            unfit = await probe(member, timeout)
-            if unfit is None:
-                reported = None
-                member.answered_probe()
-                await heartbeat(member, timeout)
-            else:
-                if unfit != reported:
-                    reported = unfit
-                    log.warning("member %s cannot serve: %s", member.name, unfit)
-                if not probed:
-                    probed = True
-                    task_status.started()
-                await trio.sleep(timers.offline_probe_interval)
-                continue
-        if not probed:
-            probed = True
+        if member.online:
+            await heartbeat(member, timeout)
+            if member.deferred and member.online:
+                await deliver_deferred(member, timeout)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep_until(round_start + timers.heartbeat_interval)
+            continue
+        unfit = await probe(member, timeout)
+        if unfit is None:
+            reported = None
+            member.answered_probe()
+        else:
+            if unfit != reported:
+                reported = unfit
+                log.warning("%s: cannot serve: %s", member.label, unfit, extra=member.log_context)
+            member.probe_failed()
+        if not started:
+            started = True
             task_status.started()
-        if member.deferred:
-            await deliver_deferred(member, timeout)
-        if await heartbeat(member, timeout):
-            await trio.sleep(timers.heartbeat_interval)
-        elif member.online:
-            await trio.sleep(RETRY_AFTER_FAILED_HEARTBEAT)
+        if member.online:
+            continue  # back: a heartbeat at once, for its load figures
+        await trio.sleep_until(_next_probe(member, timers, round_start))
+
+
+def _next_probe(member: Member, timers: ClusterConfig, round_start: float) -> float:
+    """When an offline member is probed next (trio time).
+
+    During a rise streak after the heartbeat interval, so ``rise`` good probes take about
+    as long as ``rise`` heartbeats; while held down, after the probe interval or as the
+    hold-down ends, whichever comes first (the probe that may bring it back).
+    """
+    if member.held_down_left() is not None:
+        held_until = member.damping.held_until  # the member's clock is trio's
+        assert held_until is not None
+        return min(round_start + timers.offline_probe_interval, held_until)
+    interval = timers.heartbeat_interval if member.rising else timers.offline_probe_interval
+    return round_start + interval

@@ -29,9 +29,16 @@ import trio
 
 from rtpcluster.cluster import health
 from rtpcluster.cluster.control import ControlError
-from rtpcluster.cluster.member import DRAINING, REMOVED, Member, MemberState
+from rtpcluster.cluster.member import (
+    DRAINING,
+    PLACEMENT_FIELDS,
+    REMOVED,
+    Member,
+    MemberPolicy,
+    MemberState,
+)
 from rtpcluster.cluster.sessions import SessionTable
-from rtpcluster.config.models import MemberConfig, MemberStatus
+from rtpcluster.config.models import MemberChanges, MemberConfig, MemberStatus
 from rtpcluster.failures import describe_failure
 from rtpcluster.transport.member_client import MemberClient, make_client
 from rtpcluster.transport.pump import DatagramPump
@@ -62,8 +69,10 @@ class MemberSupervisor:
         sessions: SessionTable[Member],
         pump: DatagramPump,
         configs: Iterable[MemberConfig] = (),
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         self.cluster = cluster
+        self._clock = clock  # the members' and the drain deadlines' time
         self._settings = settings
         self._sessions = sessions
         self._pump = pump
@@ -72,7 +81,7 @@ class MemberSupervisor:
         self._nursery: trio.Nursery | None = None
         self._membership = trio.Event()  # set (and replaced) when a member comes or goes
         for config in configs:  # probing until run() starts their nurseries
-            self._add(config)
+            self._add(config, joins_running=False)
         self._member_list = list(self.members.values())
 
     def member_list(self) -> list[Member]:
@@ -108,15 +117,22 @@ class MemberSupervisor:
         """Add a member and start its nursery; returns once its client runs (or failed)."""
         if self._nursery is None:
             raise ControlError(f"{self.cluster}: cluster is not running")
-        member = self._add(config)
+        member = self._add(config, joins_running=True)
         self._member_list = list(self.members.values())
         self._membership_changed()
         await self._start_tasks(member, config.status is MemberStatus.DRAINING)
         return member
 
-    def _add(self, config: MemberConfig) -> Member:
+    def _add(self, config: MemberConfig, joins_running: bool) -> Member:
+        """A new member; one added to the running cluster is ramped when it comes online."""
         member = Member(
-            config, self._client_for(config), cluster=self.cluster, on_change=self._moved
+            config,
+            self._client_for(config),
+            cluster=self.cluster,
+            on_change=self._moved,
+            policy=MemberPolicy.of(self._settings()),
+            ramp_first_online=joins_running,
+            clock=self._clock,
         )
         self.members[config.name] = member
         return member
@@ -162,11 +178,11 @@ class MemberSupervisor:
                             if failure != reported:
                                 reported = failure
                                 log.warning(
-                                    "%s: member %s (%s) failed: %s",
-                                    self.cluster,
-                                    member.name,
+                                    "%s (%s) failed: %s",
+                                    member.label,
                                     member.config.address,
                                     failure,
+                                    extra=member.log_context,
                                 )
                             member.lost(f"connection failed: {failure}")
                             client.close()
@@ -227,7 +243,7 @@ class MemberSupervisor:
 
     def drain(self, member: Member, timeout: float | None, cause: str = "deleted by admin") -> None:
         """No new calls; removed once its calls have ended, or ``timeout`` seconds from now."""
-        deadline = None if timeout is None else trio.current_time() + timeout
+        deadline = None if timeout is None else self._clock() + timeout
         was_draining = member.state is DRAINING
         member.drain(deadline, cause)
         if was_draining and member.state is DRAINING:
@@ -247,10 +263,28 @@ class MemberSupervisor:
         else:
             self.drain(member, None, "status set to DRAINING")
 
+    def set_member(self, name: str, changes: MemberChanges) -> None:
+        """``modify set``: weight, capacity, backup of a running member, at once."""
+        member = self.member(name)
+        member.adjust(changes.apply(member.config), "set by admin")
+
+    def apply_policy(self) -> None:
+        """Hand every member the damping and slow-start settings in effect now."""
+        policy = MemberPolicy.of(self._settings())
+        for member in self._member_list:
+            member.apply_policy(policy)
+
     async def replace(self, config: MemberConfig) -> None:
-        """Apply a changed member config; an address change reconnects, calls stay bound."""
+        """Apply a changed member config; an address change reconnects, calls stay bound.
+
+        A change of only weight, capacity or backup is applied at once, like ``modify
+        set``: no move, nothing restarted.
+        """
         member = self.member(config.name)
         old = member.config
+        if old.model_copy(update={f: getattr(config, f) for f in PLACEMENT_FIELDS}) == config:
+            member.adjust(config, "reloaded")
+            return
         member.reconfigure(config)
         if (
             old.address != config.address

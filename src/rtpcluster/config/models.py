@@ -345,9 +345,10 @@ class ClusterConfig(_Frozen):
     slow_start: float = 0.0  # seconds over which a member back online ramps up; 0: off
     # Flap damping: a member taken out flap_limit times within flap_window seconds is
     # held out for hold_down seconds, doubled at each further hold up to hold_down_max.
-    # 5 in 60 s: at the default timers one flap takes at least about 4 s (2 heartbeats
-    # to go, 2 probes to come back), so 5 in a minute is a member failing every 12 s or
-    # faster, while a restart or a network blip (one or two flaps) is never held.
+    # 5 in 60 s: at the default timers one flap takes at least about 3.5 s (2 failed
+    # heartbeats to go, 2 probes a heartbeat apart to come back), so 5 in a minute is a
+    # member failing every 12 s or faster, while a restart or a network blip (one or two
+    # flaps) is never held.
     # 10 s doubling to 5 min: 10, 20, 40, 80, 160, 300 s: a hopeless member costs a few
     # failed commands per 5 minutes; a repaired one is back within 5 minutes unaided.
     flap_limit: int = 5

@@ -156,8 +156,9 @@ def _cluster_families(readings: list[ClusterReading]) -> Iterator[Metric]:
     for cluster in readings:
         name = cluster.info.name
         counters = cluster.counters
-        for (op, result), count in counters.commands.items():
-            commands.add_metric((name, op, result), count)
+        for op, results in counters.commands.items():
+            for result, count in results.items():
+                commands.add_metric((name, op, result), count)
         histogram = counters.latency
         buckets = [(_bound(bound), count) for bound, count in histogram.cumulative()]
         duration.add_metric((name,), buckets, histogram.total_seconds)

@@ -9,7 +9,6 @@ at :class:`~rtpcluster.cluster.cluster.Cluster` and
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,7 +18,6 @@ from rtpcluster.store import StoreCounters
 
 if TYPE_CHECKING:
     from rtpcluster.cluster.cluster import Cluster
-    from rtpcluster.cluster.member import Member
     from rtpcluster.service import Service
 
 
@@ -68,27 +66,6 @@ class StatusSource(Protocol):
     def stopping(self) -> bool: ...
 
 
-# Until the executors keep counters on the Cluster and Member objects themselves (issue
-# 10), each object gets its own zeroed set here, dropped with the object. Wiring them is
-# then: return ``cluster.counters`` and ``member.counters`` from these two functions.
-_cluster_counters: weakref.WeakKeyDictionary[Cluster, ClusterCounters] = weakref.WeakKeyDictionary()
-_member_counters: weakref.WeakKeyDictionary[Member, MemberCounters] = weakref.WeakKeyDictionary()
-
-
-def counters_of_cluster(cluster: Cluster) -> ClusterCounters:
-    counters = _cluster_counters.get(cluster)
-    if counters is None:
-        counters = _cluster_counters[cluster] = ClusterCounters()
-    return counters
-
-
-def counters_of_member(member: Member) -> MemberCounters:
-    counters = _member_counters.get(member)
-    if counters is None:
-        counters = _member_counters[member] = MemberCounters()
-    return counters
-
-
 class ServiceStatus:
     """A :class:`StatusSource` over a running :class:`~rtpcluster.service.Service`."""
 
@@ -121,10 +98,10 @@ def read_cluster(cluster: Cluster) -> ClusterReading:
     members = []
     for member_info in info.members:
         member = cluster.members[member_info.name]  # info() reads the same dict
-        members.append(MemberReading(info=member_info, counters=counters_of_member(member)))
+        members.append(MemberReading(info=member_info, counters=member.counters))
     return ClusterReading(
         info=info,
-        counters=counters_of_cluster(cluster),
+        counters=cluster.counters,
         members=members,
         reply_cache_entries=len(cluster.front.reply_cache),
         calls_tracked=len(cluster.sessions),

@@ -6,7 +6,7 @@ checks the server with a PING, then sends the write queue in pipelined batches o
 queued the writer waits ``write_delay`` (5 ms) before it takes a batch: a pipeline costs
 this process about 0.2 ms of CPU through coredis whatever its size, on the thread that
 serves the commands, so one per write would cost a call at 1 in flight more than a
-third of its time (measured with ``python -m benchmarks.run --only-store``: 0.64 of the
+third of its time (measured with ``python -m benchmarks.run --phases store``: 0.64 of the
 memory store's commands/s without the wait). The wait gathers the writes of several
 calls into one pipeline, and a call that ends within it costs one ``DEL`` instead of a
 ``SET`` and a ``DEL``; a binding is still stored well within the 50 ms promised.

@@ -14,15 +14,43 @@ RANGE_SIZE = 2000
 RANGE_BASE = 20000
 RANGE_SLOTS = 20
 
+# Listener ports come from 10000 .. 19999: below the RTP blocks and below Linux's
+# ephemeral range (32768 .. 60999 by default). A port the kernel handed out as "free"
+# from the ephemeral range can be taken a moment later as the local port of any outgoing
+# connection on the machine (a CI run saw `tcp:127.0.0.1:50180: Address already in use`
+# that way); ports below it are only ever taken by someone binding them on purpose.
+LISTEN_BASE = 10000
+LISTEN_SIZE = 10000
+
 _range_counter = itertools.count()
+_listen_counter = itertools.count()
+
+
+def _binds(family: int, kind: int, host: str, port: int) -> bool:
+    with socket.socket(family, kind) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, family: int = socket.AF_INET) -> int:
-    """A port nobody on loopback uses right now (for a UDP or TCP listener)."""
+    """A loopback port that nobody binds right now, for UDP and TCP alike.
+
+    `kind` is kept for readability at the call sites: every port returned is free for
+    both kinds, so a listener spec may use it as `udp:` or `tcp:`. Successive calls in
+    one process never return the same port (the walk starts at a PID-dependent offset and
+    moves on), so two listeners of one test do not collide before either is bound.
+    """
+    del kind
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    with socket.socket(family, kind) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    start = (os.getpid() * 7919) % LISTEN_SIZE
+    for _ in range(LISTEN_SIZE):
+        port = LISTEN_BASE + (start + next(_listen_counter)) % LISTEN_SIZE
+        if all(_binds(family, k, host, port) for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+            return port
+    raise RuntimeError(f"no free port on {host} in {LISTEN_BASE}..{LISTEN_BASE + LISTEN_SIZE - 1}")
 
 
 def next_port_range() -> tuple[int, int]:

@@ -32,7 +32,7 @@ from testsupport import (
     wait_until,
 )
 from testsupport.control import DEFAULT_PORT, reply_to
-from testsupport.ports import RANGE_BASE, RANGE_SIZE, RANGE_SLOTS
+from testsupport.ports import LISTEN_BASE, LISTEN_SIZE, RANGE_BASE, RANGE_SIZE, RANGE_SLOTS
 
 
 @pytest.mark.parametrize(
@@ -88,8 +88,22 @@ def test_ports_are_free_and_ranges_are_blocks() -> None:
         (socket.SOCK_DGRAM, socket.AF_INET6),
     ]:
         port = free_port(kind, family)
-        with socket.socket(family, kind) as sock:
-            sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+        # outside the kernel's ephemeral range and the RTP blocks, free for both kinds
+        assert LISTEN_BASE <= port < min(RANGE_BASE, 32768)
+        for other in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(family, other) as sock:
+                sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+
+
+def test_free_ports_are_distinct_and_skip_a_bound_one() -> None:
+    seen = [free_port() for _ in range(50)]
+    assert len(set(seen)) == 50
+    # bind the next candidate by TCP only: free_port must not hand it out for UDP
+    candidate = LISTEN_BASE + (seen[-1] - LISTEN_BASE + 1) % LISTEN_SIZE
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", candidate))
+        held.listen()
+        assert free_port(socket.SOCK_DGRAM) != candidate
     low, high = next_port_range()
     assert high - low + 1 == RANGE_SIZE
     assert low >= RANGE_BASE and high < RANGE_BASE + RANGE_SLOTS * RANGE_SIZE

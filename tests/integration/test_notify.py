@@ -25,8 +25,9 @@ import pytest
 import trio
 
 from rtpcluster.admin.client import send_command
-from rtpcluster.cluster import notify
-from rtpcluster.cluster.notify import NotifyRelay, issue_tag, tag_key
+from rtpcluster.cluster import notify, notify_tags
+from rtpcluster.cluster.notify import NotifyRelay
+from rtpcluster.cluster.notify_tags import issue_tag, tag_key
 from rtpcluster.config import Config, DisconnectNotify
 from rtpcluster.service import ServeOptions, Service, run_service
 from tests.conftest import MemberFactory
@@ -215,7 +216,7 @@ async def test_issued_tags_for_our_own_sockets_are_refused(
         sip = await rig.sink("sip.sock")
         # The router issues tags for whatever socket under the prefix a U names; this
         # is the line RTPproxy would write back for such a U.
-        args = notify.relay_notify_args(rig.config, rig.admin_socket, f"save%20{victim}")
+        args = notify_tags.relay_notify_args(rig.config, rig.admin_socket, f"save%20{victim}")
         assert args is not None
         await rig.send(
             unquote_to_bytes(args[1]) + b"\n",
@@ -267,7 +268,7 @@ async def test_destinations_escaping_the_prefix_are_refused(
             relative = os.path.relpath(outside.path, prefix_dir)
             assert relative.startswith("../")
             # issue_tag never signs a "../" suffix; sign one by hand to test the relay.
-            forged_mac = notify._mac(rig.key, rig.prefix, relative, b"escape")
+            forged_mac = notify_tags._mac(rig.key, rig.prefix, relative, b"escape")
             await rig.send(
                 b"%s %s escape\n" % (relative.encode(), forged_mac),
                 rig.line("link.sock", b"escape"),

@@ -73,7 +73,13 @@ def test_endpoint_is_imported_from_its_own_module() -> None:
 
 @pytest.mark.parametrize(
     "relative",
-    ["cluster/router.py", "cluster/decisions.py", "cluster/balancer.py", "cluster/sessions.py"],
+    [
+        "cluster/router.py",
+        "cluster/decisions.py",
+        "cluster/balancer.py",
+        "cluster/sessions.py",
+        "cluster/notify_tags.py",
+    ],
 )
 def test_the_deciding_modules_touch_no_sockets_and_no_trio(relative: str) -> None:
     imported = imports_of(relative)
@@ -83,3 +89,12 @@ def test_the_deciding_modules_touch_no_sockets_and_no_trio(relative: str) -> Non
 
 def test_the_udp_pump_lives_in_the_transport_and_knows_nothing_of_clusters() -> None:
     assert ours(imports_of("transport/pump.py")) == set()
+
+
+def test_the_router_does_not_load_the_notify_relay() -> None:
+    """The router issues notify tags (notify_tags.py); the relay with its sockets and
+    tasks (notify.py) is the cluster's to start."""
+    loaded = "'rtpcluster.cluster.notify' in sys.modules"
+    code = f"import sys, rtpcluster.cluster.router; print({loaded})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rtpcluster.cluster.notify import (
+from rtpcluster.cluster.notify import resolve_destination
+from rtpcluster.cluster.notify_tags import (
     MAC_HEX,
     MAX_TAG_BYTES,
     KeyFileError,
@@ -19,7 +20,6 @@ from rtpcluster.cluster.notify import (
     issue_tag,
     load_key_file,
     relay_notify_args,
-    resolve_destination,
     tag_key,
     valid_suffix,
     verify_line,

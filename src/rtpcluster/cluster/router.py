@@ -43,7 +43,7 @@ from rtpcluster.cluster.decisions import (
     SumStats,
 )
 from rtpcluster.cluster.member import REMOVED, Member
-from rtpcluster.cluster.notify import relay_notify_args
+from rtpcluster.cluster.notify_tags import relay_notify_args
 from rtpcluster.cluster.sessions import SessionTable
 from rtpcluster.protocol import (
     BASE_CAPABILITIES,

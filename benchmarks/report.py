@@ -293,7 +293,7 @@ def _store_section(store: dict[str, Any]) -> list[str]:
             f"Bind -> stored (the stores' own histogram, every bind of these rows):"
             f" {delay['count']} binds, mean {_f(delay['mean_ms'], '.2f')} ms,"
             f" {delay['within_50ms']:.2%} within 50 ms; 99 % within the"
-            f" {_f(delay['p99_bound_ms'], 'g')} ms bucket. The writer waits 5 ms after the"
+            f" {_f(delay['p99_bound_ms'], 'g')} ms bucket. The writer waits 10 ms after the"
             " first write it sees, so that one pipeline carries the writes of several calls.",
         ]
     return [*out, ""]

@@ -38,7 +38,7 @@ from testsupport.redis_server import RedisServer
 
 LEVELS = (1, 16)
 STEADY_IDLE = 60.0  # the steady side's session_idle_timeout: its offer window's length
-ANSWER_DELAY = 0.01  # seconds from a U's reply to its L in the cross-front-end rows
+ANSWER_DELAY = 0.02  # seconds from a U's reply to its L in the cross-front-end rows
 WITHIN = 0.05  # the bind -> stored delay the issue promises under normal load
 MIN_ROUNDS = 3  # alternating rounds per figure, also in a --quick run
 

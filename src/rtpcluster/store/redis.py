@@ -3,13 +3,15 @@
 One writer task per service (:meth:`RedisStore.run`) owns the client. It connects,
 checks the server with a PING, then sends the write queue in pipelined batches of
 ``SET <prefix>:<cluster>:<call-id> <member> EX <ttl>`` and ``DEL``. Once a write is
-queued the writer waits ``write_delay`` (5 ms) before it takes a batch: a pipeline costs
-this process about 0.2 ms of CPU through coredis whatever its size, on the thread that
-serves the commands, so one per write would cost a call at 1 in flight more than a
-third of its time (measured with ``python -m benchmarks.run --phases store``: 0.64 of the
-memory store's commands/s without the wait). The wait gathers the writes of several
-calls into one pipeline, and a call that ends within it costs one ``DEL`` instead of a
-``SET`` and a ``DEL``; a binding is still stored well within the 50 ms promised.
+queued the writer waits ``write_delay`` (10 ms) before it takes a batch: a pipeline
+costs this process about 0.2 ms of CPU through coredis whatever its size, on the thread
+that serves the commands. Measured with ``python -m benchmarks.run --phases store`` (the
+steady Redis side against the memory store, commands/s, on a shared 2-core machine):
+without the wait 0.80 at 1 and 0.89 at 16 in flight; with 5 ms, 0.87 to 1.03 and 0.89
+to 0.96 over three runs; with 10 ms, 0.97 and 0.94. The wait gathers the writes of
+several calls into one pipeline, and a call that ends within it costs one ``DEL``
+instead of a ``SET`` and a ``DEL``; a binding is still stored well within the 50 ms
+promised (mean 8.7 ms under that load, 99.8 % within 50 ms).
 
 When the store fails (refused, reset, no answer within ``write_timeout``) the batch in
 flight goes back to the queue, the client is closed, one warning is logged, and the
@@ -79,7 +81,7 @@ class RedisStore(SessionStore):
         *,
         read_deadline: float = 0.05,
         write_timeout: float = 1.0,
-        write_delay: float = 0.005,
+        write_delay: float = 0.01,
         connect_timeout: float = 1.0,
         health_interval: float = 5.0,
         max_pending: int = 100_000,

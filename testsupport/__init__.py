@@ -26,7 +26,7 @@ imported here.
 
 from testsupport.control import ControlSocket, UdpControlClient, ask, new_cookie, stream_command
 from testsupport.notify import NotifyListener
-from testsupport.ports import free_port, next_port_range
+from testsupport.ports import free_port, free_port_block, next_port_range
 from testsupport.processes import children_of, gone, stop_process
 from testsupport.rtpcluster import (
     FAST_PROBES,
@@ -50,6 +50,7 @@ __all__ = [
     "children_of",
     "cluster_xml",
     "free_port",
+    "free_port_block",
     "gone",
     "new_cookie",
     "next_port_range",

@@ -23,7 +23,9 @@ LISTEN_BASE = 10000
 LISTEN_SIZE = 10000
 
 _range_counter = itertools.count()
-_listen_counter = itertools.count()
+# Where the walk over LISTEN_BASE.. goes on: a PID-dependent start, so that two test runs
+# on one machine rarely probe the same ports first.
+_listen_next = [(os.getpid() * 7919) % LISTEN_SIZE]
 
 
 def _binds(family: int, kind: int, host: str, port: int) -> bool:
@@ -35,22 +37,38 @@ def _binds(family: int, kind: int, host: str, port: int) -> bool:
         return True
 
 
+def free_port_block(size: int, align: int = 1, family: int = socket.AF_INET) -> int:
+    """The first of ``size`` consecutive loopback ports, free for UDP and TCP alike.
+
+    The first port is a multiple of ``align`` (sipp's media port must be even: RTP on
+    it, RTCP on the next). Successive calls in one process never return overlapping
+    ports: the walk moves on past each block it hands out, so two listeners of one test
+    do not collide before either is bound.
+    """
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    for _ in range(LISTEN_SIZE):
+        offset = _listen_next[0] % LISTEN_SIZE
+        first = LISTEN_BASE + offset
+        first += -first % align
+        if first + size > LISTEN_BASE + LISTEN_SIZE:  # would run past the end: wrap
+            _listen_next[0] = 0
+            continue
+        _listen_next[0] = first + size - LISTEN_BASE
+        ports = range(first, first + size)
+        kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+        if all(_binds(family, kind, host, port) for port in ports for kind in kinds):
+            return first
+    raise RuntimeError(f"no free port on {host} in {LISTEN_BASE}..{LISTEN_BASE + LISTEN_SIZE - 1}")
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, family: int = socket.AF_INET) -> int:
     """A loopback port that nobody binds right now, for UDP and TCP alike.
 
-    `kind` is kept for readability at the call sites: every port returned is free for
-    both kinds, so a listener spec may use it as `udp:` or `tcp:`. Successive calls in
-    one process never return the same port (the walk starts at a PID-dependent offset and
-    moves on), so two listeners of one test do not collide before either is bound.
+    ``kind`` is kept for readability at the call sites: every port returned is free for
+    both kinds, so a listener spec may use it as ``udp:`` or ``tcp:``.
     """
     del kind
-    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    start = (os.getpid() * 7919) % LISTEN_SIZE
-    for _ in range(LISTEN_SIZE):
-        port = LISTEN_BASE + (start + next(_listen_counter)) % LISTEN_SIZE
-        if all(_binds(family, k, host, port) for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
-            return port
-    raise RuntimeError(f"no free port on {host} in {LISTEN_BASE}..{LISTEN_BASE + LISTEN_SIZE - 1}")
+    return free_port_block(1, family=family)
 
 
 def next_port_range() -> tuple[int, int]:

@@ -28,6 +28,7 @@ from testsupport import (
     RtpProxy,
     cluster_xml,
     free_port,
+    free_port_block,
     stop_process,
     wait_until,
 )
@@ -148,6 +149,17 @@ def env_port(name: str) -> int:
     """Port from environment variable ``name``, or a free one picked now."""
     value = os.environ.get(name)
     return int(value) if value else free_port()
+
+
+# sipp's -mp: its media sockets take that even port and the ones after it (RTP and RTCP,
+# and with -rtp_echo the video pair); a free block of 4 leaves room for all of them.
+SIPP_MEDIA_PORTS = 4
+
+
+def env_media_port(name: str) -> int:
+    """An even first port of SIPP_MEDIA_PORTS free ones, from ``name`` or picked now."""
+    value = os.environ.get(name)
+    return int(value) & ~1 if value else free_port_block(SIPP_MEDIA_PORTS, align=2)
 
 
 def rtp_base() -> int:
@@ -559,7 +571,7 @@ class Sipp:
             "-mi",
             LOOPBACK,
             "-mp",
-            str(free_port() & ~1),
+            str(free_port_block(SIPP_MEDIA_PORTS, align=2)),
             "-m",
             str(calls),
             "-r",
@@ -607,7 +619,7 @@ def sipp_uas(
         binary=tools.sipp,
         pcap=tools.pcap,
         uas_port=env_port("RTPCLUSTER_E2E_UAS_PORT"),
-        uas_media_port=env_port("RTPCLUSTER_E2E_UAS_MEDIA_PORT") & ~1,
+        uas_media_port=env_media_port("RTPCLUSTER_E2E_UAS_MEDIA_PORT"),
         talk_ms=tools.talk_ms if talk_ms is None else talk_ms,
         uas_scenario=uas_scenario,
     )

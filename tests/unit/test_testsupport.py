@@ -25,6 +25,7 @@ from testsupport import (
     children_of,
     cluster_xml,
     free_port,
+    free_port_block,
     gone,
     new_cookie,
     next_port_range,
@@ -98,16 +99,16 @@ def test_ports_are_free_and_ranges_are_blocks() -> None:
 def test_free_ports_are_distinct_and_skip_a_bound_one() -> None:
     seen = [free_port() for _ in range(50)]
     assert len(set(seen)) == 50
-    # bind the next candidate by TCP only: free_port must not hand it out for UDP
-    candidate = LISTEN_BASE + (seen[-1] - LISTEN_BASE + 1) % LISTEN_SIZE
+    # sipp's media block: even, and none of its ports handed out before or after
+    block = free_port_block(4, align=2)
+    assert block % 2 == 0
+    after = free_port()
+    assert not set(range(block, block + 4)) & {*seen, after}
+    # a port bound by TCP only is not handed out for UDP either
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind(("127.0.0.1", candidate))
+        held.bind(("127.0.0.1", after + 1))
         held.listen()
-        assert free_port(socket.SOCK_DGRAM) != candidate
-    low, high = next_port_range()
-    assert high - low + 1 == RANGE_SIZE
-    assert low >= RANGE_BASE and high < RANGE_BASE + RANGE_SLOTS * RANGE_SIZE
-    assert next_port_range() != (low, high)
+        assert free_port(socket.SOCK_DGRAM) != after + 1
 
 
 def test_wait_until_returns_once_true_and_names_what_it_waited_for() -> None:

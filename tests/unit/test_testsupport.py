@@ -33,7 +33,7 @@ from testsupport import (
     wait_until,
 )
 from testsupport.control import DEFAULT_PORT, reply_to
-from testsupport.ports import LISTEN_BASE, LISTEN_SIZE, RANGE_BASE, RANGE_SIZE, RANGE_SLOTS
+from testsupport.ports import LISTEN_BASE, RANGE_BASE, RANGE_SIZE, RANGE_SLOTS
 
 
 @pytest.mark.parametrize(
@@ -94,6 +94,10 @@ def test_ports_are_free_and_ranges_are_blocks() -> None:
         for other in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             with socket.socket(family, other) as sock:
                 sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+    low, high = next_port_range()
+    assert high - low + 1 == RANGE_SIZE
+    assert low >= RANGE_BASE and high < RANGE_BASE + RANGE_SLOTS * RANGE_SIZE
+    assert next_port_range() != (low, high)
 
 
 def test_free_ports_are_distinct_and_skip_a_bound_one() -> None:

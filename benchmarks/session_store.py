@@ -3,7 +3,8 @@
 1. The caller's side: ``bind()`` / ``refresh()`` / ``unbind()`` timed with timeit, for
    the Redis store (writes queued, nothing sent: no writer runs) and the memory store.
 2. The CPU this process spends per write (the writer's pipelines included).
-3. The latency of ``lookup()`` (one GET) for hits and misses.
+3. The latency of ``lookup()`` (one read) for hits and misses, and the CPU per read with
+   1, 4 and 16 reads asked at once: gathered into one MGET, against one GET each.
 4. The bind -> stored delay against a local redis-server on a unix socket: binds paced
    at a few rates for a few seconds each (bounded), the delay read from the store's own
    counters (the histogram the metrics will show, plus the mean and the maximum).
@@ -18,6 +19,7 @@ import argparse
 import tempfile
 import time
 import timeit
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -139,6 +141,45 @@ async def lookup_latency(url: str, count: int) -> dict[str, object]:
     return summary
 
 
+async def lookup_cpu(url: str, rounds: int, together: int) -> dict[str, object]:
+    """CPU of this process per read with ``together`` reads asked at once, ``rounds``
+    times: through ``lookup()`` (keys gathered into one MGET) and, side by side on the
+    same connection, one typed GET per read (what a lookup cost before it was gathered)."""
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    store.configure("c1", 3600.0)
+    cpu: dict[str, float] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        await store.wait_until_up()
+        client = store._client  # the writer's connection, as the lookups use it
+        assert client is not None
+        keys = [f"rtpcluster:c1:cpu-{n}" for n in range(together)]
+
+        async def one_round(read: Callable[[int], Awaitable[object]]) -> None:
+            async with trio.open_nursery() as reads:
+                for n in range(together):
+                    reads.start_soon(read, n)
+
+        async def gathered(n: int) -> object:
+            return await store.lookup("c1", f"cpu-{n}")
+
+        async def one_get(n: int) -> object:
+            return await client.get(keys[n])
+
+        for name, read in (("lookup (MGET)", gathered), ("GET each", one_get)):
+            for _ in range(rounds // 10):  # warm up
+                await one_round(read)
+            started = time.process_time()
+            for _ in range(rounds):
+                await one_round(read)
+            cpu[name] = (time.process_time() - started) / (rounds * together) * 1e6
+        nursery.cancel_scope.cancel()
+    out: dict[str, object] = {f"CPU us per read, {k}": round(v, 1) for k, v in cpu.items()}
+    out["ratio"] = round(cpu["lookup (MGET)"] / cpu["GET each"], 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default="1000,3000,10000", help="binds per second")
@@ -154,6 +195,8 @@ def main() -> None:
         try:
             print("writer CPU:", trio.run(writer_cpu, server.url, 50_000))
             print("lookups:", trio.run(lookup_latency, server.url, 2000))
+            for together in (1, 4, 16):
+                print(f"{together} reads at once:", trio.run(lookup_cpu, server.url, 500, together))
             for rate in (int(r) for r in args.rates.split(",")):
                 print(
                     f"rate {rate}/s for {seconds} s:", trio.run(delays, server.url, rate, seconds)

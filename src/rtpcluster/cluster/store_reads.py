@@ -4,10 +4,10 @@ With a shared store (Redis/Valkey), a command for a call the local table does no
 read from the store before anything else, so that a call made through another rtpcluster
 is continued on its member without a broadcast lookup. For every command but an offer
 (``U`` without to-tag) that read is always made: without it the command would cost a
-broadcast, and one GET is far cheaper.
+broadcast, and one read is far cheaper.
 
 An offer of a call-id this process does not know is nearly always a new call. Reading
-each one would cost every new call a GET: about 0.12 ms of this process's CPU through
+each one would cost every new call a read: about 0.12 ms of this process's CPU through
 coredis on the 2-core test machine (benchmarks/session_store.py), before the offer can be
 sent, which is more than the cluster's whole work on a command. But an offer can also be
 one of a call made before: sent again after a restart of this process, or through the

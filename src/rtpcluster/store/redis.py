@@ -19,10 +19,11 @@ writer retries with a doubling backoff; the queue keeps coalescing (latest write
 key) meanwhile, so the first batches after the outage rewrite every binding made while
 it lasted. Commands are never held up: the queue drops its oldest writes when full.
 
-Lookups run in the caller's task on the writer's client, under a short deadline (50 ms
-by default). A deadline passed makes the writer check the server at once (PING), so a
-hung server is found out and its connection closed rather than left collecting
-abandoned requests.
+Lookups wait under a short deadline (50 ms by default) while a reader task beside the
+writer sends every key asked meanwhile in one ``MGET`` (store/lookups.py: one read costs
+the same CPU whatever it carries). A deadline passed, or a read that failed, makes the
+writer check the server at once (PING), so a hung server is found out and its
+connection closed rather than left collecting abandoned requests.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from coredis.response._callbacks import NoopCallback
 from coredis.retry import NoRetryPolicy
 
 from rtpcluster.store.base import SessionStore, StoreCounters
+from rtpcluster.store.lookups import Lookups, answer, fail
 from rtpcluster.store.queue import Batch, WriteQueue
 from rtpcluster.store.url import StoreUrl
 
@@ -87,13 +89,15 @@ class RedisStore(SessionStore):
         max_pending: int = 100_000,
         max_batch: int = 512,
         max_lookups: int = 1024,
+        max_read_keys: int = 256,
         backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``read_deadline``: a lookup's budget; ``write_timeout``: a batch's or PING's;
         ``write_delay``: from the first write queued to taking the batch;
         ``health_interval``: PING after this long without writes; ``max_pending``: the
-        queue bound; ``max_lookups``: lookups waiting at once (more are answered None)."""
+        queue bound; ``max_lookups``: lookups waiting at once (more are answered None);
+        ``max_read_keys``: keys in one ``MGET``."""
         if url.is_memory:
             raise ValueError("RedisStore needs a redis://, rediss:// or unix:// URL")
         _quiet_coredis()
@@ -121,6 +125,7 @@ class RedisStore(SessionStore):
         self._warned = False  # this outage was logged
         self._refusing = False  # the last batch had writes refused (logged once)
         self._lookups = 0
+        self._reads = Lookups(max_read_keys)
 
     # --- the hot path: plain, non-blocking calls ---------------------------------------
 
@@ -155,19 +160,21 @@ class RedisStore(SessionStore):
             else:
                 counters.reads_hit += 1
             return member
-        client = self._client
-        if client is None or self._lookups >= self.max_lookups:
+        # Bounded twice: callers waiting, and keys not yet sent (those of callers whose
+        # deadline passed stay until the reader takes them; a hung server is dropped
+        # within ``write_timeout``, which fails them all).
+        if self._client is None or max(self._lookups, len(self._reads)) >= self.max_lookups:
             counters.reads_error += 1
             return None
         self._lookups += 1
         try:
             with trio.move_on_after(self.read_deadline):
-                value = await client.get(key)
-                return self._member_of(value)
-        except Exception as exc:  # coredis' errors, a client closed under us: a failed read
-            log.debug("session store lookup of %r failed: %s", key, _one_line(exc))
-            counters.reads_error += 1
-            return None
+                waiting = self._reads.ask(key)
+                await waiting.done.wait()
+                if waiting.failed:
+                    counters.reads_error += 1
+                    return None
+                return self._member_of(waiting.value)
         finally:
             self._lookups -= 1
         counters.reads_error += 1  # the deadline passed
@@ -230,18 +237,41 @@ class RedisStore(SessionStore):
             await client.ping()
         self._came_up(client)
         try:
-            while True:
-                await self._wait_for_work()
-                if self._check_due:
-                    self._check_due = False
-                    with trio.fail_after(self.write_timeout):
-                        await client.ping()
-                if len(self._queue):
-                    if len(self._queue) < self.max_batch and self.write_delay > 0:
-                        await trio.sleep(self.write_delay)  # let a batch gather
-                    await self._write(client, self._queue.take(self.max_batch))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, client)
+                await self._write_forever(client)
         finally:
             self._client = None
+            self._reads.fail_all()
+
+    async def _read(self, client: coredis.Redis[bytes]) -> None:
+        """Send the keys waiting in one ``MGET`` at a time, until cancelled."""
+        while True:
+            batch = await self._reads.take()
+            try:
+                with trio.fail_after(self.write_timeout):
+                    values = await client.create_request(b"MGET", *batch, callback=_RAW)
+                if not isinstance(values, list) or len(values) != len(batch):
+                    raise ResponseError(f"MGET of {len(batch)} keys answered {values!r:.80}")
+            except Exception as exc:  # coredis' errors, a client closed under us, no answer
+                log.debug("session store read of %d keys failed: %s", len(batch), _one_line(exc))
+                fail(batch)
+                self._check_due = True
+                self._wake_writer()
+                continue
+            answer(batch, values)
+
+    async def _write_forever(self, client: coredis.Redis[bytes]) -> None:
+        while True:
+            await self._wait_for_work()
+            if self._check_due:
+                self._check_due = False
+                with trio.fail_after(self.write_timeout):
+                    await client.ping()
+            if len(self._queue):
+                if len(self._queue) < self.max_batch and self.write_delay > 0:
+                    await trio.sleep(self.write_delay)  # let a batch gather
+                await self._write(client, self._queue.take(self.max_batch))
 
     async def _wait_for_work(self) -> None:
         if len(self._queue) or self._check_due:

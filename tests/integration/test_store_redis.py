@@ -328,3 +328,27 @@ async def test_random_writes_across_a_restart_end_as_applied_in_order(
     for call, member in stored.items():
         assert expected.get(call) == member, call
     assert store.counters.writes_dropped == 0
+
+
+async def test_the_documented_acl_is_enough(redis_server: RedisServer) -> None:
+    """docs/high-availability.md: a Redis user with only these rights runs the store."""
+    doc = (Path(__file__).parents[2] / "docs" / "high-availability.md").read_text()
+    rights = "+hello +select +client|setname +ping +mget +set +del ~<prefix>:*"
+    assert f"`{rights}`" in doc
+    acl = rights.replace("<prefix>", "rtpcluster").split()
+    redis_server.cli("ACL", "SETUSER", "rtpc", "on", ">s3cret", *acl)
+    url = f"unix://rtpc:s3cret@{redis_server.socket}?db=0"
+    store = open_store(url, backoff=FAST_BACKOFF)
+    assert isinstance(store, RedisStore)
+    store.configure("c1", 60.0)
+    async with running(store), redis_client(redis_server) as client:
+        store.bind("c1", "gone", "m1")
+        store.bind("c1", "kept", "m2")
+        await store.flushed()
+        store.unbind("c1", "gone")
+        await store.flushed()
+        assert await store.lookup("c1", "kept") == "m2"
+        assert await store.lookup("c1", "gone") is None
+        assert await client.get("rtpcluster:c1:kept") == "m2"
+    assert store.counters.writes_rejected == 0 and store.counters.reads_error == 0
+    assert store.counters.outages == 0

@@ -95,19 +95,23 @@ class Clock:
 class Rig:
     """Router, Outcomes and task executor of cluster "c1" over a recording store."""
 
-    def __init__(self, members: list[Member], shared: bool = True) -> None:
+    def __init__(
+        self, members: list[Member], shared: bool = True, store: RecordingStore | None = None
+    ) -> None:
         config = ClusterConfig(name="c1", listen=[Endpoint.parse("udp:127.0.0.1:1")])
-        self.store = RecordingStore()
+        self.store = store or RecordingStore()
         self.clock = Clock()
         self.sessions: SessionTable[Member] = SessionTable()
-        self.offer_reads = OfferReads(self.store.counters, lambda: IDLE, self.clock)
+        self.offer_reads = OfferReads(lambda: IDLE, self.clock)
         self.router = Router(
             config,
             lambda: list(members),
             self.sessions,
             store_reads=self.offer_reads if shared else None,
         )
-        outcomes = Outcomes(self.sessions, store=self.store, cluster="c1")
+        outcomes = Outcomes(
+            self.sessions, store=self.store, cluster="c1", offer_reads=self.offer_reads
+        )
 
         async def read(call_id: str) -> str | None:
             return await self.store.lookup("c1", call_id)
@@ -230,12 +234,28 @@ async def test_an_offer_is_read_in_the_window_and_stays_on_its_stored_member() -
     assert rig.store.reads == [("c1", "old"), ("c1", "new")]  # placed without a read
 
 
+async def test_a_read_that_finds_a_call_opens_only_the_window_of_its_cluster() -> None:
+    """Two clusters of one process over one store: calls made elsewhere show up in the
+    first; the second keeps placing its offers without a read."""
+    a, b = member("a", answering("35000")), member("b", answering("36000"))
+    store = RecordingStore()
+    first, second = Rig([a], store=store), Rig([b], store=store)
+    for rig in (first, second):
+        rig.offer_reads.wanted()  # the first offer opened the window ...
+        rig.clock.now += IDLE  # ... one idle timeout ago
+    first.store.held[("c1", "elsewhere")] = "a"
+    assert await first.send("L elsewhere 127.0.0.1 4002 f t") == "35000\n"  # read: a hit
+    assert await first.send("U new1 127.0.0.1 4000 f") == "35000\n"
+    assert first.store.reads == [("c1", "elsewhere"), ("c1", "new1")]  # its window: open
+    assert await second.send("U new2 127.0.0.1 4000 f") == "36000\n"
+    assert ("c1", "new2") not in first.store.reads  # the other's: still closed
+
+
 def test_the_router_decides_a_read_and_what_follows_it() -> None:
     a, b = make_member("a"), make_member("b")
     sessions: SessionTable[Member] = SessionTable()
     clock = Clock()
-    counters = StoreCounters()
-    reads = OfferReads(counters, lambda: IDLE, clock)
+    reads = OfferReads(lambda: IDLE, clock)
     config = ClusterConfig(name="c1", listen=[Endpoint.parse("udp:127.0.0.1:1")])
     router = Router(config, lambda: [a, b], sessions, store_reads=reads)
     for text in ("L c1 127.0.0.1 4 f t", "D c1 f t", "U c1 127.0.0.1 4 f t", "Q c1 f t"):
@@ -263,7 +283,7 @@ def test_the_router_decides_a_read_and_what_follows_it() -> None:
     assert isinstance(router.decide(parse_command("U c3 127.0.0.1 4 f")), ReadStore)
     clock.now += IDLE
     assert isinstance(router.decide(parse_command("U c3 127.0.0.1 4 f")), PlaceNewCall)
-    counters.reads_hit += 1  # a read somewhere named a call made elsewhere: open again
+    reads.found_elsewhere()  # a read named a call made elsewhere: open again
     assert isinstance(router.decide(parse_command("U c3 127.0.0.1 4 f")), ReadStore)
 
 
@@ -294,23 +314,21 @@ def test_offers_are_read_exactly_within_an_idle_timeout_of_the_first_offer_or_a_
     steps: list[Step], idle: float
 ) -> None:
     """The rule as the module states it: an offer is read while less than one idle
-    timeout has passed since the cluster's first offer or since the first offer that
-    followed a read that hit (the window opens again then)."""
+    timeout has passed since the cluster's first offer or since the last read of the
+    cluster that found a call made elsewhere (the window opens again then)."""
     clock = Clock()
-    counters = StoreCounters()
-    reads = OfferReads(counters, lambda: idle, clock)
+    reads = OfferReads(lambda: idle, clock)
     opened: float | None = None  # when the window last opened, as the rule says
-    hit_pending = False
     assert reads.open_for() is None
     for what, amount in steps:
         if what == "wait":
             clock.now += amount
         elif what == "hit":
-            counters.reads_hit += 1
-            hit_pending = True
+            reads.found_elsewhere()
+            opened = clock.now
         else:
-            if opened is None or hit_pending:
-                opened, hit_pending = clock.now, False
+            if opened is None:
+                opened = clock.now
             assert reads.wanted() is (clock.now < opened + idle)
             left = reads.open_for()
             assert left is not None and left == max(0.0, opened + idle - clock.now)

@@ -62,7 +62,7 @@ class Cluster:
             config.name, self._current_settings, self.sessions, self.pump, config.members
         )
         store = store or MemoryStore()
-        self.offer_reads = OfferReads(store.counters, self._idle_timeout) if store.remote else None
+        self.offer_reads = OfferReads(self._idle_timeout) if store.remote else None
         self.router = Router(
             self._settings,
             self.supervisor.member_list,
@@ -70,7 +70,13 @@ class Cluster:
             store_reads=self.offer_reads,
         )
         self.counters = ClusterCounters()  # what /metrics reads; bumped by outcomes and front
-        outcomes = Outcomes(self.sessions, counters=self.counters, store=store, cluster=config.name)
+        outcomes = Outcomes(
+            self.sessions,
+            counters=self.counters,
+            store=store,
+            cluster=config.name,
+            offer_reads=self.offer_reads,
+        )
         self.tasks = TaskExecutor(self.router, outcomes, partial(store.lookup, config.name))
         self.inline = InlineExecutor(self.router, outcomes, self.tasks)
         self.front = CommandFront(self.inline.dispatch, self.tasks.handle, self.counters)

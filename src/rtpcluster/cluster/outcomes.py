@@ -26,6 +26,7 @@ from rtpcluster.cluster.counters import ClusterCounters, member_result
 from rtpcluster.cluster.member import REMOVED, Asked, Member
 from rtpcluster.cluster.router import TIMEOUT_REPLY, confirms_end, shape_reply
 from rtpcluster.cluster.sessions import SessionTable
+from rtpcluster.cluster.store_reads import OfferReads
 from rtpcluster.protocol import is_error, is_positive
 from rtpcluster.store import MemoryStore, SessionStore
 
@@ -41,15 +42,18 @@ class Outcomes:
         *,
         store: SessionStore | None = None,
         cluster: str = "",
+        offer_reads: OfferReads | None = None,
     ) -> None:
         """``store``: where bindings are shared (the memory store: nowhere), under the
-        name of ``cluster``."""
+        name of ``cluster``; ``offer_reads``: the cluster's offer window, told when a
+        read found a call made elsewhere."""
         self._sessions = sessions
         self._clock = clock  # when a delete is kept: its deadline counts from then
         self.counters = ClusterCounters() if counters is None else counters
         self._store = store or MemoryStore()
         self._refreshes = self._store.remote  # skipped on the hot path when nothing is shared
         self._cluster = cluster
+        self._offer_reads = offer_reads
 
     # --- a command forwarded to the call's member -----------------------------------------
 
@@ -150,6 +154,8 @@ class Outcomes:
                 self._store.bind(self._cluster, effect.call_id, effect.member.name)
         elif isinstance(effect, decisions.OwnerStored):
             self._sessions.bind(effect.call_id, effect.member)  # the store has it already
+            if self._offer_reads is not None:
+                self._offer_reads.found_elsewhere()
         elif isinstance(effect, decisions.OwnerNotFound):
             self.counters.broadcast_not_found += 1  # the call is nowhere: nothing to keep
         elif isinstance(effect, decisions.CapabilityLearned):

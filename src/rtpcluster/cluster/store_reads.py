@@ -19,9 +19,11 @@ missing calls made elsewhere:
   standby of a keepalived pair whose first commands come when the floating address moves
   to it (calls made before are only in the store; the local table would have known them
   for one idle timeout);
-- for one idle timeout after the store last named the member of a call this process did
-  not know (any cluster of the service: a read that hit): calls are coming from another
-  front end (a failover, or an active/active pair whose dialogs cross).
+- for one idle timeout after a read of this cluster last named the member of a call the
+  local table did not know (Outcomes tells :meth:`OfferReads.found_elsewhere`): calls
+  are coming from another front end (a failover, or an active/active pair whose dialogs
+  cross). Each cluster keeps its own window: a cluster whose calls all come through this
+  process reads no offer after its first idle timeout, whatever the others see.
 
 Otherwise the offer is placed at once, as with the memory store.
 """
@@ -32,36 +34,30 @@ from collections.abc import Callable
 
 import trio
 
-from rtpcluster.store.base import StoreCounters
-
 
 class OfferReads:
     """Whether an offer of an unknown call is read from the store now; O(1), no I/O."""
 
-    __slots__ = ("_clock", "_counters", "_hits_seen", "_idle_timeout", "_open_until")
+    __slots__ = ("_clock", "_idle_timeout", "_open_until")
 
     def __init__(
-        self,
-        counters: StoreCounters,
-        idle_timeout: Callable[[], float],
-        clock: Callable[[], float] = trio.current_time,
+        self, idle_timeout: Callable[[], float], clock: Callable[[], float] = trio.current_time
     ) -> None:
-        """``counters``: the store's (their ``reads_hit``); ``idle_timeout``: the cluster's
-        setting as it is now (a reload may change it)."""
-        self._counters = counters
+        """``idle_timeout``: the cluster's setting as it is now (a reload may change it)."""
         self._idle_timeout = idle_timeout
         self._clock = clock
-        self._hits_seen = counters.reads_hit
         self._open_until: float | None = None  # set at the first offer
 
     def wanted(self) -> bool:
         """Called for each offer of a call the local table does not know."""
         now = self._clock()
-        hits = self._counters.reads_hit
-        if self._open_until is None or hits != self._hits_seen:
-            self._hits_seen = hits
+        if self._open_until is None:
             self._open_until = now + self._idle_timeout()
         return now < self._open_until
+
+    def found_elsewhere(self) -> None:
+        """A read named the member of a call this cluster did not know: open the window."""
+        self._open_until = self._clock() + self._idle_timeout()
 
     def open_for(self) -> float | None:
         """Seconds the window stays open (None before the first offer), for ``ls``."""

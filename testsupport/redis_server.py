@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from testsupport.programs import missing
@@ -35,12 +36,37 @@ def redis_server_binary() -> str:
     return found
 
 
-class RedisServer:
-    """One redis-server on ``socket``; start/stop/pause/resume it like an outage would."""
+@dataclass(frozen=True)
+class RedisTls:
+    """A TLS port for the server: its certificate and key, and the CAs it takes client
+    certificates from (``clients_need_certs``: Redis' ``tls-auth-clients yes``)."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    port: int
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    clients_need_certs: bool = False
+
+    def args(self) -> list[str]:
+        return [
+            *("--tls-port", str(self.port)),
+            *("--tls-cert-file", str(self.cert_file)),
+            *("--tls-key-file", str(self.key_file)),
+            *("--tls-ca-cert-file", str(self.ca_file)),
+            *("--tls-auth-clients", "yes" if self.clients_need_certs else "no"),
+        ]
+
+
+class RedisServer:
+    """One redis-server on ``socket``; start/stop/pause/resume it like an outage would.
+
+    With ``tls`` it also listens for TLS on 127.0.0.1 at ``tls.port``.
+    """
+
+    def __init__(self, binary: str, directory: Path, tls: RedisTls | None = None) -> None:
         self.binary = binary
         self.directory = directory
+        self.tls = tls
         self.socket = directory / "redis.sock"
         self.process: subprocess.Popen[str] | None = None
         self.log: list[str] = []
@@ -60,6 +86,8 @@ class RedisServer:
         args = [self.binary, "--port", "0", "--unixsocket", str(self.socket)]
         args += ["--unixsocketperm", "700", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.directory), "--loglevel", "notice", "--logfile", ""]
+        if self.tls is not None:
+            args += ["--bind", "127.0.0.1", *self.tls.args()]
         process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

@@ -36,6 +36,14 @@ from rtpcluster.store.url import StoreUrl, StoreUrlError, parse_store_url
         ("unix:///run/redis/redis.sock", StoreUrl("unix", path="/run/redis/redis.sock")),
         ("unix:///run/r.sock?db=2", StoreUrl("unix", path="/run/r.sock", db=2)),
         ("unix://:secret@/run/r.sock", StoreUrl("unix", path="/run/r.sock", password="secret")),
+        (
+            "rediss://cache.example?ca_file=/etc/ssl/fleet%20ca.pem",
+            StoreUrl("rediss", host="cache.example", port=6379, ca_file="/etc/ssl/fleet ca.pem"),
+        ),
+        (
+            "rediss://h:1/0?cert_file=/c.pem&key_file=/k.pem&prefix=p",
+            StoreUrl("rediss", host="h", port=1, prefix="p", cert_file="/c.pem", key_file="/k.pem"),
+        ),
     ],
 )
 def test_accepted(text: str, expected: StoreUrl) -> None:
@@ -68,6 +76,12 @@ def test_accepted(text: str, expected: StoreUrl) -> None:
         ("unix:///" + "x" * 200, "longer than 107 bytes"),
         ("redis://h/" + "1" * 3000, "longer than 2048"),
         ("redis://[::1/0", "malformed"),
+        ("redis://h?ca_file=/ca.pem", "unknown parameter 'ca_file'"),  # TLS files: rediss
+        ("unix:///r.sock?cert_file=/c.pem", "unknown parameter 'cert_file'"),
+        ("rediss://h?ca_file=ca.pem", "ca_file must be an absolute path"),
+        ("rediss://h?ca_file=", "ca_file must be an absolute path"),
+        ("rediss://h?cert_file=/c.pem", "cert_file and key_file go together"),
+        ("rediss://h?key_file=/k.pem", "cert_file and key_file go together"),
     ],
 )
 def test_refused_with_one_line(text: str, reason: str | None) -> None:
@@ -118,6 +132,21 @@ urls = st.one_of(
         username=st.none() | st.text(min_size=1, max_size=8),
         password=st.none() | st.text(max_size=12),
         prefix=st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True),
+    ),
+    st.builds(
+        StoreUrl,
+        scheme=st.just("rediss"),
+        host=st.just("cache.example"),
+        port=st.integers(1, 65535),
+        ca_file=st.none() | st.from_regex(r"/[a-z0-9_./ %:@?#&=+-]{1,60}", fullmatch=True),
+    ),
+    st.builds(
+        StoreUrl,
+        scheme=st.just("rediss"),
+        host=st.just("cache.example"),
+        port=st.integers(1, 65535),
+        cert_file=st.from_regex(r"/[a-z0-9_./ %&=+-]{1,60}", fullmatch=True),
+        key_file=st.from_regex(r"/[a-z0-9_./ %&=+-]{1,60}", fullmatch=True),
     ),
     st.builds(
         StoreUrl,

@@ -20,26 +20,30 @@ from rtpcluster.store.url import StoreUrl, StoreUrlError, parse_store_url
 
 
 class StoreUnavailable(Exception):
-    """A store that this installation cannot open (a missing extra); one line."""
+    """A store that cannot be opened here (the extra missing, TLS files unreadable); one line."""
 
 
 def open_store(url: str | StoreUrl, **options: Any) -> SessionStore:
     """The store for ``url``; ``options`` go to the Redis store (deadlines, bounds).
 
-    Raises StoreUrlError for a bad URL and StoreUnavailable when coredis is missing.
-    Nothing is connected here: the store's ``run`` task does that.
+    Raises StoreUrlError for a bad URL, StoreUnavailable when coredis is missing or a
+    ``rediss://`` store's TLS files cannot be used. Nothing is connected here: the
+    store's ``run`` task does that.
     """
     parsed = url if isinstance(url, StoreUrl) else parse_store_url(url)
     if parsed.is_memory:
         return MemoryStore()
     try:
-        from rtpcluster.store.redis import RedisStore
+        from rtpcluster.store.redis import RedisStore, TlsFilesError
     except ImportError as exc:
         raise StoreUnavailable(
             f"session store {parsed}: needs the coredis package "
             f"(pip install 'rtpcluster[redis]'): {exc}"
         ) from None
-    return RedisStore(parsed, **options)
+    try:
+        return RedisStore(parsed, **options)
+    except TlsFilesError as exc:
+        raise StoreUnavailable(str(exc)) from None
 
 
 __all__ = [

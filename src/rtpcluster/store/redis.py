@@ -29,6 +29,7 @@ connection closed rather than left collecting abandoned requests.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,6 +103,7 @@ class RedisStore(SessionStore):
             raise ValueError("RedisStore needs a redis://, rediss:// or unix:// URL")
         _quiet_coredis()
         self.url = url
+        self._tls = tls_context(url) if url.scheme == "rediss" else None
         self.read_deadline = read_deadline
         self.write_timeout = write_timeout
         self.write_delay = write_delay
@@ -230,7 +232,9 @@ class RedisStore(SessionStore):
         }
         if url.scheme == "unix":
             return coredis.Redis(host=None, port=None, unix_socket_path=url.path, **options)
-        return coredis.Redis(host=url.host, port=url.port, ssl=url.scheme == "rediss", **options)
+        if self._tls is not None:
+            options["ssl_context"] = self._tls
+        return coredis.Redis(host=url.host, port=url.port, ssl=self._tls is not None, **options)
 
     async def _serve(self, client: coredis.Redis[bytes]) -> None:
         with trio.fail_after(self.connect_timeout):
@@ -350,6 +354,10 @@ class RedisStore(SessionStore):
         while len(self._queue) or self._queue.in_flight:
             await self._changed.wait()
 
+    async def next_change(self) -> None:
+        """Wait for the next batch written or change of state (up, down, an outage)."""
+        await self._changed.wait()
+
     async def wait_until_up(self, up: bool = True) -> None:
         while bool(self.counters.store_up) != up:
             await self._changed.wait()
@@ -364,6 +372,38 @@ class RedisStore(SessionStore):
             f"{self.url}: {state}, {len(self._queue)} queued, "
             f"{counters.writes_dropped} dropped, {counters.outages} outages"
         )
+
+
+class TlsFilesError(OSError):
+    """A ``ca_file``, ``cert_file`` or ``key_file`` that cannot be used; one line."""
+
+
+def tls_context(url: StoreUrl) -> ssl.SSLContext:
+    """The TLS settings of a ``rediss://`` store, made once (every connection uses them).
+
+    The server's certificate and host name are verified (against ``ca_file``, or the
+    system's CAs); ``cert_file``/``key_file`` are the client's certificate. A file that
+    cannot be read or parsed raises :class:`TlsFilesError` naming it.
+    """
+    try:
+        context = ssl.create_default_context(cafile=url.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsFilesError(f"session store {url}: ca_file {url.ca_file}: {_reason(exc)}") from None
+    if url.cert_file is not None:
+        try:
+            context.load_cert_chain(url.cert_file, url.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsFilesError(
+                f"session store {url}: cert_file {url.cert_file} / key_file {url.key_file}:"
+                f" {_reason(exc)}"
+            ) from None
+    return context
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return exc.strerror or str(exc)
 
 
 def _stack_write(pipe: Pipeline[bytes], key: str, member: str | None, ttl: int) -> None:
@@ -381,12 +421,31 @@ def _stack_write(pipe: Pipeline[bytes], key: str, member: str | None, ttl: int) 
 
 
 def _one_line(error: BaseException) -> str:
-    """The first leaf of an error (group) as ``Type: message`` on one line, bounded."""
+    """The first leaf of an error (group) as ``Type: message`` on one line, bounded.
+
+    When the leaf was raised from another error, the deepest cause is named too: coredis
+    reports a failed TLS handshake as "Unable to establish a connection", and what the
+    operator needs is the reason under it ("certificate verify failed: ...").
+    """
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
     if isinstance(error, trio.TooSlowError):
         return "no answer in time"
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = _described(error)
+    cause, depth = error, 0
+    while depth < 5 and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        depth += 1
+    if cause is not error and not isinstance(cause, trio.TooSlowError):
+        text += f" ({_described(cause)})"
+    return text[:300]
+
+
+def _described(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        text = f"certificate verify failed: {error.verify_message}"
+    else:
+        text = " ".join(str(error).split()) or type(error).__name__
     if not text.startswith(type(error).__name__):
         text = f"{type(error).__name__}: {text}"
-    return text[:200]
+    return text

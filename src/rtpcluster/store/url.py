@@ -4,11 +4,17 @@ Pure parsing, no I/O. Accepted forms::
 
     memory
     redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME]
-    rediss://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME]      (TLS)
+    rediss://[[USER]:PASSWORD@]HOST[:PORT][/DB][?prefix=NAME]
+             [&ca_file=/PEM][&cert_file=/PEM&key_file=/PEM]     (TLS)
     unix://[[USER]:PASSWORD@]/ABSOLUTE/PATH/redis.sock[?db=N][&prefix=NAME]
 
 Every problem is one line naming the URL (password masked) and what is wrong, so the
 config reader and the ``--session-store`` flag can show it as it is.
+
+``rediss://`` verifies the server's certificate and host name, against the system's CAs
+or those in ``ca_file``; ``cert_file`` and ``key_file`` give a client certificate (Redis'
+``tls-auth-clients yes``). Their paths must be absolute (the daemon runs from ``/``);
+whether the files can be read is checked when the store is opened (``serve --check``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ MAX_DB = 1_000_000  # Redis' `databases` is an int; 16 by default, far below thi
 MAX_URL = 2048
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 _PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_QUERY_KEYS = {"redis": {"prefix"}, "rediss": {"prefix"}, "unix": {"db", "prefix"}}
+_TLS_FILES = ("ca_file", "cert_file", "key_file")
+_QUERY_KEYS = {
+    "redis": {"prefix"},
+    "rediss": {"prefix", *_TLS_FILES},
+    "unix": {"db", "prefix"},
+}
 
 
 class StoreUrlError(ValueError):
@@ -49,6 +60,9 @@ class StoreUrl:
     username: str | None = None
     password: str | None = None
     prefix: str = DEFAULT_PREFIX
+    ca_file: str | None = None  # rediss: CAs to verify the server with (else the system's)
+    cert_file: str | None = None  # rediss: a client certificate ...
+    key_file: str | None = None  # ... and its key
 
     @property
     def is_memory(self) -> bool:
@@ -78,6 +92,10 @@ class StoreUrl:
             where += f":{self.port}/{self.db}"
         if self.prefix != DEFAULT_PREFIX:
             query.append(f"prefix={self.prefix}")
+        for name in _TLS_FILES:
+            path = getattr(self, name)
+            if path is not None:
+                query.append(f"{name}={quote(path, safe='/')}")
         tail = "?" + "&".join(query) if query else ""
         return f"{self.scheme}://{userinfo}{where}{tail}"
 
@@ -144,6 +162,12 @@ def parse_store_url(text: str) -> StoreUrl:
         raise fail("port must be 1 to 65535, got 0")
     path = parts.path
     db = 0 if path in ("", "/") else _db(path[1:], fail)
+    tls = {name: query[name] for name in _TLS_FILES if name in query}
+    for name, file in tls.items():
+        if not file.startswith("/") or "\0" in file:
+            raise fail(f"{name} must be an absolute path, got {file!r}")
+    if ("cert_file" in tls) != ("key_file" in tls):
+        raise fail("cert_file and key_file go together (a client certificate and its key)")
     return StoreUrl(
         "rediss" if scheme == "rediss" else "redis",
         host=host,
@@ -152,6 +176,7 @@ def parse_store_url(text: str) -> StoreUrl:
         username=username,
         password=password,
         prefix=prefix,
+        **tls,
     )
 
 

@@ -234,6 +234,11 @@ def _side_cells(s: dict[str, Any] | None) -> list[str]:
     return [_f(s["cmds_per_s"], ".0f"), _f(s["p50_ms"]), _f(s["p99_ms"])]
 
 
+def _cpus(side: dict[str, Any]) -> str:
+    """The cluster's and redis-server's CPU of a store row (absent in older results)."""
+    return f"{_f(side.get('cluster_cpu_pct'), '.0f')} / {_f(side.get('redis_cpu_pct'), '.0f')}"
+
+
 def _store_section(store: dict[str, Any]) -> list[str]:
     """The session-store rows (benchmarks/shared_store.py)."""
     if not store:
@@ -250,19 +255,21 @@ def _store_section(store: dict[str, Any]) -> list[str]:
         " unknown call from the store before placing it; *steady*: one whose window has"
         f" closed (session_idle_timeout {store['steady_idle_s']:g} s, its first offer a"
         " minute before), which places offers at once and writes every bind, refresh and"
-        " unbind. The reads columns count the store reads each side made.",
+        " unbind. The reads columns count the store reads each side made. *CPU*: percent of"
+        " one core, the cluster process / redis-server, averaged over rounds; redis-server"
+        " runs on the same two cores as the load, the members and the cluster.",
         "",
-        "| in flight | memory cmd/s | memory p50 ms | offers read cmd/s | p50 ms | ratio"
-        " | reads | steady cmd/s | p50 ms | ratio | reads |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| in flight | memory cmd/s | memory p50 ms | CPU % | offers read cmd/s | p50 ms | ratio"
+        " | reads | CPU % | steady cmd/s | p50 ms | ratio | reads | CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in store["levels"]:
         m = row["memory"]
-        cells = [str(row["in_flight"]), _f(m["cmds_per_s"], ".0f"), _f(m["p50_ms"])]
+        cells = [str(row["in_flight"]), _f(m["cmds_per_s"], ".0f"), _f(m["p50_ms"]), _cpus(m)]
         for side in ("window", "steady"):
             s = row[side]
             cells += [_f(s["cmds_per_s"], ".0f"), _f(s["p50_ms"]), _f(row[f"{side}_ratio"], ".2f")]
-            cells.append(_reads(row.get(f"{side}_reads")))
+            cells += [_reads(row.get(f"{side}_reads")), _cpus(s)]
         out.append("| " + " | ".join(cells) + " |")
     out += [
         "",

@@ -165,7 +165,14 @@ def measure(
                     tag=f"s{side[0]}{level}",
                     drain=3.0,
                 )
-                acc[side].append(runner.run(job, process.pid, pids))
+                redis_cpu = cpu_seconds(fleet.redis.pid)
+                started = time.monotonic()
+                result, cpu = runner.run(job, process.pid, pids)
+                # redis-server shares the machine's cores with the load and the members:
+                # what it takes is not there for the cluster (0 on the memory side)
+                wall = time.monotonic() - started
+                cpu["redis_cpu_pct"] = 100.0 * (cpu_seconds(fleet.redis.pid) - redis_cpu) / wall
+                acc[side].append((result, cpu))
         row: dict[str, Any] = {"in_flight": level}
         for side, runs in acc.items():
             row[side] = _merged(runs)
@@ -285,11 +292,17 @@ def _part(s: dict[str, Any]) -> str:
     return f"{s['cmds_per_s']:7.0f}/s {lat} errs {errors}"
 
 
+def _cpu(s: dict[str, Any]) -> str:
+    return f"cpu {s.get('cluster_cpu_pct', 0):.0f}%/redis {s.get('redis_cpu_pct', 0):.0f}%"
+
+
 def _row_line(row: dict[str, Any]) -> str:
     return (
-        f"  {row['in_flight']:2} in flight | memory {_part(row['memory'])}"
+        f"  {row['in_flight']:2} in flight | memory {_part(row['memory'])} {_cpu(row['memory'])}"
         f" | redis, offers read {_part(row['window'])} ({row['window_ratio']:.2f})"
+        f" {_cpu(row['window'])}"
         f" | redis, steady {_part(row['steady'])} ({row['steady_ratio']:.2f})"
+        f" {_cpu(row['steady'])}"
         f" | reads {row['window_reads']} / {row['steady_reads']}"
     )
 

@@ -26,6 +26,7 @@ from rtpcluster.transport.member_client import (
     make_client,
     new_cookie,
 )
+from rtpcluster.transport.pump import DatagramPump
 
 IB_REPLY = (
     "sessions created: 10\n"
@@ -260,6 +261,26 @@ async def test_udp_member_that_never_answers_times_out_at_the_deadline(
     assert len(fake.copies) == 1
     assert next(iter(fake.copies.values())) >= 2  # it did retransmit
     assert client.rtt is None
+
+
+class StalledPump(DatagramPump):
+    """A pump that never gets to read: the process was busy elsewhere until the deadline."""
+
+    async def pump_replies(self, sock: Any, source: Any) -> None:
+        await trio.sleep_forever()
+
+
+async def test_udp_reply_waiting_at_the_deadline_is_not_silence() -> None:
+    """The member answered at once, but nothing read the socket before the deadline (a
+    stall of this process): the reply waiting there is delivered, not a timeout."""
+    fake = FakeUdpMember()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        client = UdpMemberClient(fake.endpoint, pump=StalledPump())
+        await nursery.start(client.run)
+        assert await client.request("V", timeout=0.05) == "re:V\n"
+        nursery.cancel_scope.cancel()
+    assert list(fake.copies.values()) == [1]  # answered the first copy
 
 
 async def test_udp_connection_refused(autojump_clock: trio.testing.MockClock) -> None:

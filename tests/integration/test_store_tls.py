@@ -72,6 +72,24 @@ def tls_server(pki: Pki, directory: Path, clients_need_certs: bool = False) -> R
 
 
 @pytest.fixture
+def server(pki: Pki, redis_dir: Path) -> Iterator[RedisServer]:
+    """A redis-server with a TLS port that takes clients without a certificate."""
+    started = tls_server(pki, redis_dir)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def store_at(server: RedisServer, host: str, query: str) -> RedisStore:
+    """A Redis store for the server's TLS port, reached as ``host``."""
+    assert server.tls is not None
+    store = open_store(f"rediss://{host}:{server.tls.port}/0?{query}", backoff=FAST_BACKOFF)
+    assert isinstance(store, RedisStore)
+    return store
+
+
+@pytest.fixture
 def redis_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="rtpc-redis-") as name:
         yield Path(name)
@@ -112,52 +130,34 @@ async def never_up(store: RedisStore, caplog: pytest.LogCaptureFixture) -> str:
     return warnings[0]
 
 
-async def test_rediss_verifies_the_server_with_ca_file(pki: Pki, redis_dir: Path) -> None:
-    server = tls_server(pki, redis_dir)
-    try:
-        port = server.tls.port if server.tls else 0
-        url = f"rediss://localhost:{port}/0?ca_file={pki.ca_file}"
-        store = open_store(url, backoff=FAST_BACKOFF)
-        assert isinstance(store, RedisStore)
-        await write_and_read(store)
-        assert server.cli("GET", "rtpcluster:c1:other") == "m1"
-        assert server.cli("EXISTS", "rtpcluster:c1:call") == "0"
-    finally:
-        server.stop()
+async def test_rediss_verifies_the_server_with_ca_file(pki: Pki, server: RedisServer) -> None:
+    await write_and_read(store_at(server, "localhost", f"ca_file={pki.ca_file}"))
+    assert server.cli("GET", "rtpcluster:c1:other") == "m1"
+    assert server.cli("EXISTS", "rtpcluster:c1:call") == "0"
 
 
-async def test_a_server_the_cas_do_not_vouch_for_is_not_used(
-    pki: Pki, redis_dir: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("host", "other_ca", "reason"),
+    [
+        # a server the CAs do not vouch for
+        ("localhost", True, "certificate verify failed"),
+        # the certificate names localhost, the URL 127.0.0.1: the host name check fails
+        ("127.0.0.1", False, "certificate is not valid for '127.0.0.1'"),
+    ],
+)
+async def test_a_server_that_fails_verification_is_not_used(
+    pki: Pki,
+    server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    other_ca: bool,
+    reason: str,
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = tls_server(pki, redis_dir)
-    try:
-        port = server.tls.port if server.tls else 0
-        url = f"rediss://localhost:{port}/0?ca_file={pki.other_ca_file}"
-        store = open_store(url, backoff=FAST_BACKOFF)
-        assert isinstance(store, RedisStore)
-        warning = await never_up(store, caplog)
-        assert "certificate verify failed" in warning, warning
-        assert server.cli("DBSIZE") == "0"
-    finally:
-        server.stop()
-
-
-async def test_a_certificate_for_another_host_is_refused(
-    pki: Pki, redis_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The certificate names localhost; the URL names 127.0.0.1: the host name check fails."""
-    caplog.set_level(logging.INFO)
-    server = tls_server(pki, redis_dir)
-    try:
-        port = server.tls.port if server.tls else 0
-        url = f"rediss://127.0.0.1:{port}/0?ca_file={pki.ca_file}"
-        store = open_store(url, backoff=FAST_BACKOFF)
-        assert isinstance(store, RedisStore)
-        warning = await never_up(store, caplog)
-        assert "certificate is not valid for '127.0.0.1'" in warning, warning
-    finally:
-        server.stop()
+    ca_file = pki.other_ca_file if other_ca else pki.ca_file
+    warning = await never_up(store_at(server, host, f"ca_file={ca_file}"), caplog)
+    assert reason in warning, warning
+    assert server.cli("DBSIZE") == "0"
 
 
 async def test_a_client_certificate_when_the_server_asks_for_one(
@@ -166,18 +166,13 @@ async def test_a_client_certificate_when_the_server_asks_for_one(
     caplog.set_level(logging.INFO)
     server = tls_server(pki, redis_dir, clients_need_certs=True)
     try:
-        port = server.tls.port if server.tls else 0
-        base = f"rediss://localhost:{port}/0?ca_file={pki.ca_file}"
+        base = f"ca_file={pki.ca_file}"
         with_cert = f"{base}&cert_file={pki.client_pem}&key_file={pki.client_pem}"
-        store = open_store(with_cert, backoff=FAST_BACKOFF)
-        assert isinstance(store, RedisStore)
-        await write_and_read(store)
+        await write_and_read(store_at(server, "localhost", with_cert))
         assert server.cli("GET", "rtpcluster:c1:other") == "m1"
-        without = open_store(base, backoff=FAST_BACKOFF)
-        assert isinstance(without, RedisStore)
         # Refused: with TLS 1.3 the server's alert comes after the client's handshake has
         # ended, so the reason logged is that alert or a reset, depending on timing.
-        await never_up(without, caplog)
+        await never_up(store_at(server, "localhost", base), caplog)
     finally:
         server.stop()
 

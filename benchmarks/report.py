@@ -248,8 +248,9 @@ def _store_section(store: dict[str, Any]) -> list[str]:
     out = [
         "## Session store (Redis)",
         "",
-        "The same calls through the memory-store cluster and through rtpcluster processes"
-        " with the Redis store (a local redis-server on a unix socket), alternating round by"
+        "The same calls through an rtpcluster process with the memory store and through"
+        " processes with the Redis store (a local redis-server on a unix socket), all with"
+        " the same settings but the store, alternating round by"
         f" round ({store['rounds']} rounds of {store['round_seconds']:g} s per figure)."
         " *Offers read*: a process in its first idle timeout, which reads every offer of an"
         " unknown call from the store before placing it; *steady*: one whose window has"
